@@ -1,0 +1,1 @@
+"""Subcommands of the ``ricenet`` command line (see :mod:`RICENetLib.cli`)."""

@@ -1,0 +1,34 @@
+"""Exceptions whose messages a clinician or physicist can act on.
+
+Every error raised on purpose by the engine derives from :class:`RICENetError`,
+so the CLI and the Slicer GUI can show its message as is (no traceback) while
+programming errors still surface as ordinary tracebacks.
+"""
+
+from __future__ import annotations
+
+
+class RICENetError(Exception):
+    """Base class: the message is written for the user, not the developer."""
+
+
+class InputError(RICENetError, ValueError):
+    """An input (file, image, table, parameter) is missing or unusable.
+
+    The message names the input and says what is wrong with it.
+    """
+
+
+class BundleError(RICENetError, ValueError):
+    """A model bundle is missing, incomplete, corrupt or incompatible."""
+
+
+class PreprocessingError(RICENetError, RuntimeError):
+    """A preprocessing step (registration, skull stripping, ...) failed."""
+
+
+class Cancelled(RICENetError):
+    """The user cancelled a long-running operation."""
+
+    def __init__(self, message: str = "Cancelled by the user.") -> None:
+        super().__init__(message)

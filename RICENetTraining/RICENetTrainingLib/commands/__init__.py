@@ -1,0 +1,1 @@
+"""Training subcommands of the ``ricenet`` command line."""
