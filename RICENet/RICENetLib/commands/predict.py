@@ -1,0 +1,81 @@
+"""``ricenet predict``: classify a case (or every case of a cohort) with a model bundle."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+NAME = "predict"
+HELP = "classify a case (or a cohort) with a model bundle; optional occlusion heatmap and report"
+DESCRIPTION = (
+    "Preprocess the three images with the bundle's own parameters, run every fold model, and write "
+    "prediction.json (label, probabilities, votes, agreement, per-fold results), overview.png, report.html "
+    "and with --occlusion the heatmap occlusion.nii.gz in the post-op (reference) space."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", required=True, help="model bundle folder (bundle.json + fold*.safetensors)")
+    parser.add_argument("--postop", help="post-operative T1c MRI (file or DICOM folder)")
+    parser.add_argument("--event", help="event T1c MRI (file or DICOM folder)")
+    parser.add_argument("--dose", help="dose map (RTDOSE file, NIfTI/NRRD in Gy)")
+    parser.add_argument("--cohort", help="cohort CSV or folder: classify every case (labels optional)")
+    parser.add_argument("--out", required=True, help="output folder (one sub-folder per case with --cohort)")
+    parser.add_argument("--occlusion", nargs="?", const="standard", default=None, metavar="PRESET",
+                        help="also compute the occlusion heatmap (preset quick, standard or fine; default standard)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--skull-strip", default=None, help="override the bundle's skull-stripping backend")
+    parser.add_argument("--dose-unit", choices=("Gy", "cGy"), default=None, help="unit of the dose values if not Gy")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_path
+    from ..bundle import load_bundle
+    from ..errors import InputError
+    from ..inference import predict_case
+    from ..prediction_outputs import write_prediction
+    from ..report import prediction_verdict
+    from .progressbar import progress_bar
+
+    single = [args.postop, args.event, args.dose]
+    if args.cohort and any(single):
+        raise InputError("Give either --cohort or --postop/--event/--dose, not both.")
+    if not args.cohort and not all(single):
+        raise InputError("Give --postop, --event and --dose (or --cohort CSV).")
+    bundle = load_bundle(args.bundle)
+    options = dict(device=args.device, occlusion=args.occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
+
+    if not args.cohort:
+        with progress_bar("predicting") as progress:
+            prediction = predict_case(bundle, args.postop, args.event, args.dose, progress=progress, **options)
+        paths = write_prediction(prediction, args.out, args.postop, args.event, args.dose, overwrite=args.overwrite)
+        print(prediction_verdict(prediction.to_dict()))
+        print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+        return 0
+
+    from ..cohort import load_cohort
+
+    cases = load_cohort(args.cohort, require_labels=False)
+    out = Path(args.out)
+    rows = []
+    with progress_bar(f"predicting {len(cases)} cases") as progress:
+        for index, case in enumerate(cases):
+            def case_progress(fraction: float, message: str, index: int = index) -> None:
+                progress((index + fraction) / len(cases), f"{case.patient_id}: {message}")
+
+            p = case.paths
+            prediction = predict_case(bundle, p["postop"], p["event"], p["dose"], progress=case_progress, **options)
+            write_prediction(prediction, out / case.patient_id, p["postop"], p["event"], p["dose"], overwrite=args.overwrite)
+            data = prediction.to_dict()
+            rows.append([case.patient_id, case.label or "", data["label"], data["agreement"]]
+                        + [f"{data['probabilities'][c]:.4f}" for c in bundle.class_names])
+    table = out / "predictions.csv"
+    with atomic_path(table) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["patient_id", "true_label", "predicted_label", "agreement"] + [f"p_{c}" for c in bundle.class_names])
+        writer.writerows(rows)
+    print(f"{len(rows)} cases classified; table: {table}")
+    return 0

@@ -1,0 +1,57 @@
+"""Write a prediction's files: ``prediction.json``, ``occlusion.nii.gz``, ``overview.png``, ``report.html``.
+
+The same writer serves the CLI and the Slicer module's Export button, so both
+produce identical reports.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+from .atomic import atomic_directory, write_json
+from .image_io import read_image, write_image
+from .report import html_report, overview_figure, prediction_verdict, write_html, write_png
+
+
+def _image(value: sitk.Image | str | os.PathLike) -> sitk.Image:
+    return value if isinstance(value, sitk.Image) else read_image(value)
+
+
+def event_in_reference(prediction: Any, event: sitk.Image) -> sitk.Image:
+    """The event MRI resampled onto the reference grid through the registration."""
+    transform = prediction.event_to_reference or sitk.Transform()
+    return sitk.Resample(sitk.Cast(event, sitk.sitkFloat32), prediction.reference, transform, sitk.sitkLinear, 0.0)
+
+
+def write_prediction(
+    prediction: Any,
+    out: str | os.PathLike,
+    postop: sitk.Image | str | os.PathLike,
+    event: sitk.Image | str | os.PathLike,
+    dose: sitk.Image | str | os.PathLike,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write every output into ``out`` at once (built aside, then moved into place)."""
+    inputs = {name: str(value) if not isinstance(value, sitk.Image) else "(image in memory)"
+              for name, value in (("postop", postop), ("event", event), ("dose", dose))}
+    if prediction.reference is None:
+        prediction.reference = _image(postop)
+    event_ref = event_in_reference(prediction, _image(event))
+    data = prediction.to_dict()
+    data["verdict"] = prediction_verdict(data)
+    data["inputs"] = inputs
+    png = overview_figure(event_ref, prediction.reference, prediction.occlusion, _image(dose), title=data["verdict"])
+    out = Path(out)
+    names = {"prediction": "prediction.json", "overview": "overview.png", "report": "report.html"}
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        write_json(tmp / names["prediction"], data)
+        write_png(tmp / names["overview"], png)
+        if prediction.occlusion is not None:
+            write_image(prediction.occlusion, tmp / "occlusion.nii.gz")
+            names["occlusion"] = "occlusion.nii.gz"
+        write_html(tmp / names["report"], html_report(data, png, inputs))
+    return {key: out / name for key, name in names.items()}
