@@ -14,13 +14,17 @@ stamp="$venv/.ricenet-installed"
 want="$(cat "$root/requirements/dev.txt" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[ricenet] installing packages into $venv (first run only; about a minute)" >&2
-    "$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
+    log="$venv/install.log"
+    : > "$log"
+    pip_install() { "$venv/bin/python" -m pip install -q "$@" >>"$log" 2>&1 \
+        || { echo "[ricenet] 'pip install $*' failed; its output:" >&2; grep -v '^WARNING: Location' "$log" >&2; exit 1; }; }
+    pip_install --upgrade pip
     # torch first, pinned, so that nothing later pulls a CUDA build.
-    "$venv/bin/python" -m pip install -q "$(grep '^torch==' "$root/requirements/dev.txt")" 2>&1 | grep -v '^WARNING: Location' >&2 || true
-    "$venv/bin/python" -m pip install -q -r "$root/requirements/dev.txt" 2>&1 | grep -v '^WARNING: Location' >&2 || true
-    "$venv/bin/python" -m pip install -q --no-deps -e "$root" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+    pip_install "$(grep '^torch==' "$root/requirements/dev.txt")"
+    pip_install -r "$root/requirements/dev.txt"
+    pip_install --no-deps -e "$root"
     "$venv/bin/python" -c "import torch, monai, SimpleITK, RICENetLib, RICENetTrainingLib" \
-        || { echo "[ricenet] installation failed; see the messages above" >&2; exit 1; }
+        || { echo "[ricenet] installation incomplete; see $log" >&2; exit 1; }
     echo "$want" > "$stamp"
 fi
 # shellcheck disable=SC1091
