@@ -1,0 +1,67 @@
+"""Ensemble arithmetic and the report: vote, agreement, ties, verdict line, HTML."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RICENetLib.errors import InputError
+from RICENetLib.inference import combine_folds, select_device
+from RICENetLib.report import html_report, overview_figure, prediction_verdict
+
+CLASSES = ("recurrence", "rice")
+
+
+def test_majority_vote_and_agreement():
+    probabilities = np.array([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8], [0.6, 0.4], [0.55, 0.45]])
+    result = combine_folds(probabilities, CLASSES, [0, 1, 2, 3, 4])
+    assert result["label"] == "recurrence"
+    assert result["votes"] == {"recurrence": 4, "rice": 1}
+    assert result["agreement"] == "4/5"
+    assert result["probabilities"]["recurrence"] == pytest.approx(probabilities[:, 0].mean())
+    assert result["spread"]["rice"] == pytest.approx(probabilities[:, 1].std())
+    assert [f.label for f in result["folds"]] == ["recurrence", "recurrence", "rice", "recurrence", "recurrence"]
+
+
+def test_vote_beats_mean_probability():
+    """Three confident-enough RICE folds outvote two very confident recurrence folds."""
+    probabilities = np.array([[0.99, 0.01], [0.99, 0.01], [0.4, 0.6], [0.45, 0.55], [0.45, 0.55]])
+    result = combine_folds(probabilities, CLASSES, range(5))
+    assert result["label"] == "rice" and result["agreement"] == "3/5"
+    assert result["probabilities"]["recurrence"] > 0.5
+
+
+def test_tie_goes_to_higher_mean_probability():
+    result = combine_folds(np.array([[0.9, 0.1], [0.4, 0.6]]), CLASSES, [0, 1])
+    assert result["label"] == "recurrence" and result["agreement"] == "1/2"
+
+
+def test_device_selection():
+    assert select_device("cpu").type == "cpu"
+    assert select_device(None).type in ("cpu", "cuda", "mps")
+    with pytest.raises(InputError, match="Unknown device"):
+        select_device("tpu-please")
+
+
+def _prediction():
+    result = combine_folds(np.array([[0.8, 0.2], [0.9, 0.1], [0.7, 0.3], [0.3, 0.7], [0.75, 0.25]]), CLASSES, range(5))
+    return {**result, "folds": [{"fold": f.fold, "probabilities": f.probabilities, "label": f.label} for f in result["folds"]],
+            "bundle_id": "ricenet-test", "timings_s": {"total": 1.5}}
+
+
+def test_verdict_line():
+    assert prediction_verdict(_prediction()) == "Recurrence — 4 of 5 folds, mean p = 0.69"
+
+
+def test_html_report_is_self_contained():
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((20, 24, 28)).astype(np.float32) * 100)
+    heat = sitk.GetImageFromArray(np.zeros((20, 24, 28), np.float32))
+    heat[10, 12, 14] = 1.0
+    dose = sitk.GetImageFromArray(np.linspace(0, 65, 20 * 24 * 28, dtype=np.float32).reshape(20, 24, 28))
+    png = overview_figure(image, image, heat, dose, title="test")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    page = html_report(_prediction(), png, {"postop": "a <b>.nii.gz"})
+    assert "data:image/png;base64," in page and "Recurrence — 4 of 5 folds" in page
+    assert "a &lt;b&gt;.nii.gz" in page, "inputs are escaped"
+    assert "http://" not in page and "https://" not in page, "no external resources"
