@@ -367,7 +367,12 @@ def test_heatmap_in_reference_space_sits_on_the_registered_event_lesion(scene):
 
     mrml.set_foreground_opacity(scene, 0.3)
     assert all(c.GetForegroundOpacity() == pytest.approx(0.3) for c in composites)
-    mrml.center_slice_views(scene, peak)
+    mrml.jump_slice_views(scene, peak)
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+        slice_to_ras = scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").GetSliceToRAS()
+        normal = np.array([slice_to_ras.GetElement(r, 2) for r in range(3)])
+        origin = np.array([slice_to_ras.GetElement(r, 3) for r in range(3)])
+        assert abs(np.dot(peak - origin, normal)) < 1e-6  # the peak lies in every slice plane
 
 
 def test_colour_table_is_inferno_with_transparent_low_end(scene):

@@ -396,17 +396,18 @@ def set_foreground_opacity(scene, opacity: float) -> None:
 
 
 def peak_ras(image: sitk.Image) -> tuple[float, float, float]:
-    """The RAS position of an image's maximum (for centring the slice views on it)."""
+    """The RAS position of an image's maximum (to move the slice views there)."""
     array = sitk.GetArrayViewFromImage(image)
     z, y, x = np.unravel_index(int(np.argmax(array)), array.shape)
     l, p, s = image.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
     return (-l, -p, s)
 
 
-def center_slice_views(scene, ras: Sequence[float]) -> None:
-    """Move every slice view so that it shows the point ``ras``."""
+def jump_slice_views(scene, ras: Sequence[float], *, centre: bool = False) -> None:
+    """Move every slice view to the point ``ras`` (with ``centre``, also pan it to the middle of the view)."""
     for slice_node in _nodes_by_class(scene, "vtkMRMLSliceNode"):
-        slice_node.JumpSliceByCentering(float(ras[0]), float(ras[1]), float(ras[2]))
+        jump = slice_node.JumpSliceByCentering if centre else slice_node.JumpSliceByOffsetting
+        jump(float(ras[0]), float(ras[1]), float(ras[2]))
 
 
 # --------------------------------------------------------------------------- isodose
@@ -420,13 +421,16 @@ def update_isodose(
     node=None,
     name: str = "RICE-NET isodose",
     unit_scale: float = 1.0,
+    smooth: bool = True,
 ):
     """Create or update a segmentation with one segment per isodose level (Gy), shown as outlines.
 
     ``dose`` is a dose volume node (its parent transform applied) or a
     SimpleITK image; ``unit_scale`` converts its values to Gy (0.01 for cGy).
     Segment *L* Gy holds the voxels with dose ≥ *L*. Existing segments are
-    replaced on every call.
+    replaced on every call. With ``smooth`` the outlines are drawn from a
+    smoothed closed surface (as SlicerRT's isodose lines are) where the
+    scene's segmentation converters are available; otherwise from the voxels.
     """
     image = volume_to_image(dose) if not isinstance(dose, sitk.Image) else dose
     levels = sorted({float(level) for level in levels}, reverse=True)
@@ -457,6 +461,10 @@ def update_isodose(
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
+    if smooth and node.CreateClosedSurfaceRepresentation():
+        display.SetPreferredDisplayRepresentationName2D(slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName())
+    else:
+        display.SetPreferredDisplayRepresentationName2D(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
     display.SetVisibility2DFill(False)
     display.SetVisibility2DOutline(True)
     display.SetOpacity2DOutline(1.0)
@@ -712,7 +720,7 @@ def update_training_plot(
 
 __all__ = [
     "DOSE_ATTRIBUTE", "KEY_ATTRIBUTE", "ROLE_ATTRIBUTE", "HeatmapStyle", "affine_from_sitk_transform",
-    "center_slice_views", "find_dose_volume", "find_role_node", "get_or_create_node", "guess_input_volumes",
+    "jump_slice_views", "find_dose_volume", "find_role_node", "get_or_create_node", "guess_input_volumes",
     "heatmap_color_node", "image_to_volume", "ijk_to_ras_from_image", "parent_to_world", "peak_ras",
     "set_foreground_opacity", "set_heatmap_style", "show_in_slice_views", "sitk_transform_from_node",
     "table_rows", "update_heatmap", "update_isodose", "update_registration_transform", "update_results_table",

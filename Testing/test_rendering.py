@@ -1,0 +1,228 @@
+"""Real slice rendering: Slicer's own slice-view displayable managers, offscreen (trame-slicer, VTK EGL).
+
+The event MRI sits under the registration transform in the background, the
+heatmap (reference space) in the foreground, the isodose lines on top; the
+test reads the rendered pixels to check that heatmap colours cover the lesion
+and nothing far from it.
+
+Run as a script to (re)make the extension's screenshot::
+
+    python Testing/test_rendering.py --screenshot Resources/Screenshot01.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pytest.importorskip("slicer")
+pytest.importorskip("trame_slicer")
+
+from RICENetLib import mrml  # noqa: E402
+
+
+@dataclass
+class Rendered:
+    rgb: np.ndarray  # (height, width, 3) uint8, row 0 at the top
+    lesion_xy: tuple[float, float]  # lesion centre in pixels (column, row from the top)
+    mm_per_pixel: float
+
+
+class OffscreenSlicer:
+    """One offscreen Slicer application with a single axial slice view."""
+
+    def __init__(self, width: int = 384, height: int = 384):
+        from trame_slicer.core import SlicerApp
+        from trame_slicer.views import DirectViewFactory, ViewLayoutDefinition
+
+        self.app = SlicerApp()
+        self.app.view_manager.register_factory(DirectViewFactory(do_render_offscreen=True))
+        self.view = self.app.view_manager.create_view(ViewLayoutDefinition.axial_view())
+        self.scene = self.app.scene
+        self.size = (width, height)
+
+    def close(self) -> None:
+        """Empty the scene without rendering again (avoids VTK pipeline errors at exit)."""
+        self.view.set_render_blocked(True)
+        self.scene.Clear(True)
+
+    @property
+    def slice_node(self):
+        return self.view._view_node
+
+    def show_case(self, event: sitk.Image, event_to_reference: sitk.Transform, heatmap: sitk.Image,
+                  dose: sitk.Image | None = None, levels=(50.0, 60.0), style: mrml.HeatmapStyle | None = None):
+        """Put a case in the scene the way the module's logic does; returns (event, heatmap, isodose) nodes."""
+        event_node = mrml.image_to_volume(event, self.scene, name="event T1c")
+        key = event_node.GetID()
+        mrml.update_registration_transform(self.scene, event_to_reference, moving=event_node, key=key)
+        heatmap_node = mrml.update_heatmap(self.scene, heatmap, background=event_node, key=key, style=style)
+        isodose = None
+        if dose is not None:
+            dose_node = mrml.image_to_volume(dose, self.scene, name="dose")
+            isodose = mrml.update_isodose(self.scene, dose_node, levels, key=key)
+        return event_node, heatmap_node, isodose
+
+    def render(self, focus_lps) -> Rendered:
+        """Render the axial slice through ``focus_lps`` (fitted to the background) and grab its pixels."""
+        from vtkmodules.util.numpy_support import vtk_to_numpy
+        from vtkmodules.vtkRenderingCore import vtkWindowToImageFilter
+
+        window = self.view.render_window()
+        window.SetSize(*self.size)  # before fitting, or the picture is off-centre
+        self.view.fit_view_to_content()
+        ras = (-focus_lps[0], -focus_lps[1], focus_lps[2])
+        mrml.jump_slice_views(self.scene, ras)
+        self.view.render()
+        grab = vtkWindowToImageFilter()
+        grab.SetInput(window)
+        grab.ReadFrontBufferOff()
+        grab.SetInputBufferTypeToRGB()
+        grab.Update()
+        image = grab.GetOutput()
+        width, height, _ = image.GetDimensions()
+        rgb = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, 3)[::-1].copy()
+        xy_to_ras = mrml.numpy_matrix(self.slice_node.GetXYToRAS())
+        x, y, _, _ = np.linalg.solve(xy_to_ras, np.array([*ras, 1.0]))
+        mm = float(np.linalg.norm(xy_to_ras[:3, 0]))
+        return Rendered(rgb, (float(x), float(height - 1 - y)), mm)
+
+
+def coloured(rgb: np.ndarray, minimum: int = 30) -> np.ndarray:
+    """Pixels with colour (the MRI is grey: R = G = B)."""
+    rgb = rgb.astype(np.int16)
+    return (rgb.max(axis=2) - rgb.min(axis=2)) >= minimum
+
+
+def cyan_or_green(rgb: np.ndarray) -> np.ndarray:
+    """Isodose outline pixels (cyan and green segments), not heatmap colours (red-dominant)."""
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    return (g > 150) & (r < 120) & (g - r > 80)
+
+
+def lesion_heatmap(case) -> sitk.Image:
+    """A heatmap in reference space peaking on the lesion: what a good occlusion map looks like.
+
+    (A stand-in for the engine's occlusion output, which has its own tests; here
+    the question is only whether a map in reference space lands on the lesion
+    on screen.)
+    """
+    lesion = sitk.Cast(case.lesion_mask, sitk.sitkFloat32)
+    in_reference = sitk.Resample(lesion, case.postop, case.event_from_reference, sitk.sitkLinear, 0.0)
+    smooth = sitk.SmoothingRecursiveGaussian(in_reference, 3.0)
+    return smooth / float(sitk.GetArrayViewFromImage(smooth).max())
+
+
+def distances_px(shape, centre_xy) -> np.ndarray:
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return np.hypot(cols - centre_xy[0], rows - centre_xy[1])
+
+
+@pytest.fixture(scope="module")
+def rendered_case(small_case):
+    viewer = OffscreenSlicer()
+    heatmap = lesion_heatmap(small_case)
+    prescription = small_case.truth["prescription_gy"]
+    levels = (0.8 * prescription, 0.95 * prescription)
+    event_node, heatmap_node, isodose = viewer.show_case(small_case.event, small_case.event_from_reference, heatmap,
+                                                          small_case.dose, levels=levels)
+    focus = np.array(small_case.truth["lesion_centre_postop_mm"])
+    yield viewer, focus, heatmap_node, isodose
+    viewer.close()
+
+
+def test_heatmap_colours_cover_the_lesion_and_nothing_far_away(rendered_case, tmp_path):
+    viewer, focus, heatmap_node, isodose = rendered_case
+    isodose.GetDisplayNode().SetVisibility(False)
+    try:
+        shot = viewer.render(focus)
+    finally:
+        isodose.GetDisplayNode().SetVisibility(True)
+    from PIL import Image
+
+    Image.fromarray(shot.rgb).save(tmp_path / "heatmap.png")
+    colour = coloured(shot.rgb)
+    distance_mm = distances_px(colour.shape, shot.lesion_xy) * shot.mm_per_pixel
+    assert colour.sum() > 30, "no heatmap colours in the slice through the lesion"
+    cx, cy = (int(round(v)) for v in shot.lesion_xy)
+    assert colour[cy - 2 : cy + 3, cx - 2 : cx + 3].all(), "the lesion centre is not coloured"
+    assert np.median(distance_mm[colour]) < 12.0
+    assert not colour[distance_mm > 35.0].any(), "heatmap colours far from the lesion"
+    # The MRI itself is visible around the heatmap (it is an overlay, not a replacement).
+    grey = (~colour) & (distance_mm < 60.0) & (shot.rgb.max(axis=2) > 60)
+    assert grey.sum() > 500
+
+
+def test_without_the_heatmap_the_slice_is_grey(rendered_case):
+    viewer, focus, heatmap_node, isodose = rendered_case
+    composites = [viewer.scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+                  for i in range(viewer.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    assert composites and all(c.GetForegroundVolumeID() == heatmap_node.GetID() for c in composites)
+    isodose.GetDisplayNode().SetVisibility(False)
+    for composite in composites:
+        composite.SetForegroundVolumeID(None)
+    try:
+        shot = viewer.render(focus)
+    finally:
+        for composite in composites:
+            composite.SetForegroundVolumeID(heatmap_node.GetID())
+        isodose.GetDisplayNode().SetVisibility(True)
+    assert coloured(shot.rgb).sum() == 0
+    assert (shot.rgb.max(axis=2) > 60).sum() > 5000  # the event MRI is there
+
+
+def test_isodose_outlines_are_drawn(rendered_case):
+    viewer, focus, heatmap_node, isodose = rendered_case
+    shot = viewer.render(focus)
+    outline = cyan_or_green(shot.rgb)
+    assert outline.sum() > 40
+    # Lines, not filled areas.
+    assert outline.sum() < 0.05 * outline.size
+
+
+# --------------------------------------------------------------------------- screenshot
+
+
+def make_screenshot(path: Path, *, spacing_mm: float = 1.0, seed: int = 7, label: str = "recurrence",
+                    heatmap_path: str | None = None, size=(900, 700)) -> Path:
+    """Render the extension's screenshot: a synthetic case, heatmap over the event MRI, 50/60 Gy lines."""
+    from PIL import Image
+
+    from RICENetLib.synthetic import generate_case
+
+    case = None
+    for attempt in range(40):  # a 60 Gy plan with the lesion in the slice through the high-dose region
+        case = generate_case("Screenshot", label, seed=seed + attempt, spacing_mm=spacing_mm)
+        if case.truth["prescription_gy"] == 60.0 and case.truth["lesion_dose_fraction_at_centre"] > 0.6:
+            break
+    heatmap = sitk.ReadImage(heatmap_path) if heatmap_path else lesion_heatmap(case)
+    viewer = OffscreenSlicer(*size)
+    viewer.show_case(case.event, case.event_from_reference, heatmap, case.dose, levels=(50.0, 60.0),
+                     style=mrml.HeatmapStyle(threshold=0.2, opacity=0.65))
+    shot = viewer.render(np.array(case.truth["lesion_centre_postop_mm"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    viewer.close()
+    Image.fromarray(shot.rgb).save(path, optimize=True)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--screenshot", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--heatmap", help="an occlusion map in the case's reference space (default: lesion stand-in)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--spacing", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    print(make_screenshot(args.screenshot, spacing_mm=args.spacing, seed=args.seed, heatmap_path=args.heatmap))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
