@@ -294,18 +294,24 @@ def _register_sitk(reference: sitk.Image, moving: sitk.Image, params: Registrati
     method.SetInitialTransform(initial, inPlace=False)
 
     levels = len(params.shrink_factors)
-    state = {"level": -1, "cancelled": False, "iterations": []}
+    state: dict[str, Any] = {"level": -1, "cancelled": False, "iterations": [], "reported": -1.0}
 
     def on_level() -> None:
         state["level"] += 1
         state["iterations"].append(0)
 
     def on_iteration() -> None:
+        # Exceptions must not escape into ITK: a cancel request stops the optimiser instead.
         state["iterations"][-1] = method.GetOptimizerIteration() + 1
         level = max(state["level"], 0)
         within = min(method.GetOptimizerIteration() / max(params.max_iterations, 1) * 4, 1.0)
+        fraction = (level + within) / levels
         try:
-            p((level + within) / levels, f"registration level {level + 1}/{levels}")
+            if fraction - state["reported"] >= 0.02:  # a few dozen updates, not one per iteration
+                state["reported"] = fraction
+                p(fraction, f"registration level {level + 1}/{levels}")
+            else:
+                p.check()
         except Cancelled:
             state["cancelled"] = True
             method.StopRegistration()
