@@ -66,6 +66,7 @@ class EnsemblePrediction:
     timings_s: dict[str, float] = field(default_factory=dict)
     occlusion: sitk.Image | None = None  # reference (post-op) space
     occlusion_settings: dict[str, Any] | None = None
+    occlusion_per_modality: dict[str, sitk.Image] | None = None  # one channel occluded at a time
     reference: sitk.Image | None = None
     event_to_reference: sitk.Transform | None = None  # ITK convention: maps reference points to event points
     preprocessed: Any = None
@@ -113,6 +114,21 @@ def combine_folds(probabilities: np.ndarray, class_names: Sequence[str], fold_id
     }
 
 
+def resolve_occlusion(occlusion: Any) -> Any:
+    """``None``, a preset name or :class:`~RICENetLib.occlusion.OcclusionSettings` → settings or ``None``."""
+    if occlusion is None:
+        return None
+    from .occlusion import OCCLUSION_PRESETS, OcclusionSettings
+
+    if isinstance(occlusion, str):
+        if occlusion not in OCCLUSION_PRESETS:
+            raise InputError(f"Unknown occlusion preset '{occlusion}'; use one of {', '.join(OCCLUSION_PRESETS)}.")
+        return OCCLUSION_PRESETS[occlusion]
+    if not isinstance(occlusion, OcclusionSettings):
+        raise InputError("occlusion must be an OcclusionSettings or a preset name.")
+    return occlusion
+
+
 def predict_case(
     bundle: Any,
     postop: sitk.Image | str | os.PathLike,
@@ -137,6 +153,7 @@ def predict_case(
     from .preprocessing import PreprocessParameters, preprocess_case
 
     report = as_progress(progress, cancel)
+    occlusion = resolve_occlusion(occlusion)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if not isinstance(bundle, ModelBundle):
@@ -165,25 +182,21 @@ def predict_case(
     prediction = EnsemblePrediction(
         bundle_id=bundle.id,
         timings_s=timings,
-        reference=prepared.reference_image() if hasattr(prepared, "reference_image") else None,
-        event_to_reference=getattr(prepared, "event_to_reference", None),
+        reference=prepared.reference_image(),
+        event_to_reference=prepared.event_to_reference,
         preprocessed=prepared,
         **combined,
     )
     if occlusion is not None:
-        from .occlusion import OCCLUSION_PRESETS, OcclusionSettings, occlusion_sensitivity
+        from .occlusion import occlusion_sensitivity
 
-        if isinstance(occlusion, str):
-            if occlusion not in OCCLUSION_PRESETS:
-                raise InputError(f"Unknown occlusion preset '{occlusion}'; use one of {', '.join(OCCLUSION_PRESETS)}.")
-            occlusion = OCCLUSION_PRESETS[occlusion]
-        if not isinstance(occlusion, OcclusionSettings):
-            raise InputError("occlusion must be an OcclusionSettings or a preset name.")
         tick = time.perf_counter()
         target = bundle.class_names.index(prediction.label)
         result = occlusion_sensitivity(models, image, occlusion, target_class=target, device=run_device,
                                        modality_names=bundle.modalities, progress=report.sub(share, 0.98))
         prediction.occlusion = prepared.to_reference(result.sensitivity)
+        if result.per_modality:
+            prediction.occlusion_per_modality = {m: prepared.to_reference(a) for m, a in result.per_modality.items()}
         prediction.occlusion_settings = {**occlusion.to_dict(), "target_class": prediction.label,
                                          "engine": result.engine, "forward_passes": int(result.forward_passes)}
         timings["occlusion"] = time.perf_counter() - tick

@@ -53,5 +53,8 @@ def write_prediction(
         if prediction.occlusion is not None:
             write_image(prediction.occlusion, tmp / "occlusion.nii.gz")
             names["occlusion"] = "occlusion.nii.gz"
+        for modality, image in (prediction.occlusion_per_modality or {}).items():
+            names[f"occlusion_{modality}"] = f"occlusion_{modality}.nii.gz"
+            write_image(image, tmp / names[f"occlusion_{modality}"])
         write_html(tmp / names["report"], html_report(data, png, inputs))
     return {key: out / name for key, name in names.items()}

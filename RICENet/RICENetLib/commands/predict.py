@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import json
 from pathlib import Path
@@ -25,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per case with --cohort)")
     parser.add_argument("--occlusion", nargs="?", const="standard", default=None, metavar="PRESET",
                         help="also compute the occlusion heatmap (preset quick, standard or fine; default standard)")
+    parser.add_argument("--per-modality", action="store_true",
+                        help="with --occlusion: also one map per channel (occlude one modality at a time)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--skull-strip", default=None, help="override the bundle's skull-stripping backend")
     parser.add_argument("--dose-unit", choices=("Gy", "cGy"), default=None, help="unit of the dose values if not Gy")
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_path
     from ..bundle import load_bundle
     from ..errors import InputError
-    from ..inference import predict_case
+    from ..inference import predict_case, resolve_occlusion
     from ..prediction_outputs import write_prediction
     from ..report import prediction_verdict
     from .progressbar import progress_bar
@@ -46,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.cohort and not all(single):
         raise InputError("Give --postop, --event and --dose (or --cohort CSV).")
     bundle = load_bundle(args.bundle)
-    options = dict(device=args.device, occlusion=args.occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
+    occlusion = resolve_occlusion(args.occlusion)
+    if args.per_modality:
+        if occlusion is None:
+            raise InputError("--per-modality needs --occlusion.")
+        occlusion = dataclasses.replace(occlusion, per_modality=True)
+    options = dict(device=args.device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
 
     if not args.cohort:
         with progress_bar("predicting") as progress:

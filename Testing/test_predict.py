@@ -1,0 +1,105 @@
+"""``ricenet predict`` end to end: a real (tiny) bundle, a synthetic case, every output file."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from RICENetLib.bundle import BundleFold, write_bundle
+from RICENetLib.cli import main
+from RICENetLib.cohort import Case, write_cohort_csv
+from RICENetLib.inference import predict_case
+from RICENetLib.model import build_network, default_architecture
+from RICENetLib.preprocessing import PreprocessParameters
+from RICENetLib.synthetic import generate_case, write_case
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """Two untrained folds at 32³ / 6 mm: enough to exercise every code path quickly."""
+    architecture = default_architecture(3)
+    folds = []
+    for index in range(2):
+        torch.manual_seed(index)
+        network = build_network(architecture)
+        folds.append(BundleFold(index, ("A", "B"), ("C",), {"macro_f1": 0.5}, state_dict=network.state_dict()))
+    preprocessing = PreprocessParameters(spacing_mm=6.0, input_size=32, skull_strip="none").to_dict()
+    return write_bundle(tmp_path_factory.mktemp("bundle") / "tiny", folds, modalities=("postop", "event", "dose"),
+                        architecture=architecture, input_size=(32, 32, 32), preprocessing=preprocessing, seed=0)
+
+
+@pytest.fixture(scope="module")
+def case_paths(tmp_path_factory) -> dict[str, Path]:
+    case = generate_case("P1", "rice", seed=2, size=48)
+    return write_case(case, tmp_path_factory.mktemp("case") / "P1")
+
+
+def test_predict_cli_writes_every_output(tiny_bundle, case_paths, tmp_path, capsys):
+    out = tmp_path / "result"
+    args = ["predict", "--bundle", str(tiny_bundle), "--postop", str(case_paths["postop"]), "--event",
+            str(case_paths["event"]), "--dose", str(case_paths["dose"]), "--out", str(out), "--device", "cpu"]
+    assert main(args + ["--occlusion", "quick", "--per-modality"]) == 0
+    assert "of 2 folds, mean p =" in capsys.readouterr().out
+    prediction = json.loads((out / "prediction.json").read_text())
+    assert prediction["label"] in ("recurrence", "rice")
+    assert set(prediction["probabilities"]) == {"recurrence", "rice"}
+    assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert prediction["agreement"] in ("1/2", "2/2") and len(prediction["folds"]) == 2
+    assert prediction["bundle_id"].startswith("ricenet-postop+event+dose-")
+    assert prediction["occlusion"]["forward_passes"] > 0
+    heatmap = sitk.ReadImage(str(out / "occlusion.nii.gz"))
+    postop = sitk.ReadImage(str(case_paths["postop"]))
+    assert heatmap.GetSize() == postop.GetSize()
+    assert np.allclose(heatmap.GetOrigin(), postop.GetOrigin(), atol=1e-3)
+    assert np.any(sitk.GetArrayViewFromImage(heatmap) != 0)
+    for modality in ("postop", "event", "dose"):
+        assert sitk.ReadImage(str(out / f"occlusion_{modality}.nii.gz")).GetSize() == postop.GetSize()
+    assert (out / "overview.png").read_bytes()[:4] == b"\x89PNG"
+    page = (out / "report.html").read_text()
+    assert prediction["verdict"] in page
+    # An existing result is never overwritten by accident, and nothing is half-written.
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert json.loads((out / "prediction.json").read_text()) == prediction
+    assert main(args + ["--overwrite"]) == 0
+    assert not (out / "occlusion.nii.gz").exists(), "a run without --occlusion leaves no stale heatmap"
+    assert main(args + ["--per-modality", "--overwrite"]) == 2
+    assert "--per-modality needs --occlusion" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary folders left behind"
+
+
+def test_prediction_is_deterministic(tiny_bundle, case_paths):
+    a = predict_case(tiny_bundle, case_paths["postop"], case_paths["event"], case_paths["dose"], device="cpu")
+    b = predict_case(tiny_bundle, case_paths["postop"], case_paths["event"], case_paths["dose"], device="cpu")
+    assert a.to_dict()["folds"] == b.to_dict()["folds"]
+    assert a.event_to_reference is not None and a.reference is not None
+
+
+def test_cohort_batch_mode(tiny_bundle, case_paths, tmp_path):
+    cohort = write_cohort_csv(tmp_path / "cohort.csv", [Case("P1", "rice", case_paths), Case("P2", None, case_paths)])
+    assert main(["predict", "--bundle", str(tiny_bundle), "--cohort", str(cohort), "--out", str(tmp_path / "out"),
+                 "--device", "cpu"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert [r["patient_id"] for r in rows] == ["P1", "P2"]
+    assert rows[0]["true_label"] == "rice" and rows[1]["true_label"] == ""
+    assert (tmp_path / "out" / "P2" / "report.html").exists()
+
+
+def test_bad_invocations_get_clear_messages(tiny_bundle, case_paths, tmp_path, capsys):
+    assert main(["predict", "--bundle", str(tmp_path / "nope"), "--postop", "a", "--event", "b", "--dose", "c",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["predict", "--bundle", str(tiny_bundle), "--postop", str(case_paths["postop"]),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "Give --postop, --event and --dose" in capsys.readouterr().err
+    assert main(["predict", "--bundle", str(tiny_bundle), "--postop", str(case_paths["postop"]), "--event",
+                 str(case_paths["event"]), "--dose", str(case_paths["dose"]), "--out", str(tmp_path / "o"),
+                 "--occlusion", "ultra"]) == 2
+    assert "Unknown occlusion preset 'ultra'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
