@@ -119,6 +119,8 @@ def test_marker_in_model_space_lands_on_the_right_reference_voxel(result, case):
             back = result.to_reference(marker, interpolator=interpolator)
             assert Geometry.from_image(back) == result.reference_geometry
             assert _argmax_index(back) == target, f"{interpolator}: marker for {target} came back elsewhere"
+        label = result.to_reference(marker > 0, interpolator=sitk.sitkNearestNeighbor)
+        assert label.GetPixelID() == sitk.sitkUInt8 and _argmax_index(label) == target
 
 
 def test_identity_grids_round_trip_exactly(case):

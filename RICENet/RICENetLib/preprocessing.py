@@ -43,7 +43,7 @@ from .image_io import check_volume, read_image, write_image
 from .normalisation import DOSE_NORMALISATIONS, DOSE_UNITS, dose_in_gy, normalise_dose, zscore
 from .progress import CancelCheck, Progress, ProgressCallback, as_progress
 from .registration import RegistrationParameters, RegistrationResult, register_rigid, transform_matrix
-from .resampling import Geometry, check_dose_overlap, isotropic_geometry, resample_to
+from .resampling import Geometry, check_dose_overlap, interpolator_code, isotropic_geometry, resample_to
 from .skull_strip import BACKENDS as SKULL_STRIP_BACKENDS
 from .skull_strip import brain_volume_ml, skull_strip
 
@@ -173,6 +173,14 @@ class PreprocessResult:
             raise InputError(f"Array of shape {array.shape} is not in model space {self.model_geometry.shape}.")
         return self.model_geometry.image(array)
 
+    def _source(self, array: np.ndarray, interpolator: str | int) -> tuple[sitk.Image, int]:
+        """The model-space image to resample, and the output pixel type (labels keep theirs)."""
+        array = np.asarray(array)
+        if interpolator_code(interpolator) == sitk.sitkNearestNeighbor:
+            source = self.model_image(array.astype(np.uint8) if array.dtype == bool else array)
+            return source, source.GetPixelID()
+        return self.model_image(array.astype(np.float32, copy=False)), sitk.sitkFloat32
+
     def to_reference(self, array: np.ndarray, interpolator: str | int = "linear", default: float = 0.0) -> sitk.Image:
         """A model-space map on the post-op (reference) MRI's own grid.
 
@@ -180,8 +188,7 @@ class PreprocessResult:
         orientation, so this is one resampling with the identity transform;
         use ``interpolator="nearest"`` for labels. Outside the box: ``default``.
         """
-        source = self.model_image(np.asarray(array, dtype=np.float32) if interpolator != "nearest" else array)
-        pixel = source.GetPixelID() if interpolator == "nearest" else sitk.sitkFloat32
+        source, pixel = self._source(array, interpolator)
         return resample_to(source, self.reference_geometry, interpolator=interpolator, default=default, pixel=pixel)
 
     def to_event(self, array: np.ndarray, interpolator: str | int = "linear", default: float = 0.0) -> sitk.Image:
@@ -191,8 +198,7 @@ class PreprocessResult:
         """
         if self.event_geometry is None:
             raise InputError("This result does not record the event MRI's grid; it cannot map onto the event MRI.")
-        source = self.model_image(np.asarray(array, dtype=np.float32) if interpolator != "nearest" else array)
-        pixel = source.GetPixelID() if interpolator == "nearest" else sitk.sitkFloat32
+        source, pixel = self._source(array, interpolator)
         return resample_to(source, self.event_geometry, transform=self.event_to_reference.GetInverse(),
                            interpolator=interpolator, default=default, pixel=pixel)
 
