@@ -6,8 +6,10 @@ processes; each one finds its rank in the environment torchrun sets
 GPUs, gloo on CPUs) and trains on its share of every global batch. The
 global batch is ``N × --batch-size``; gradients are averaged across ranks,
 so N processes with batch b follow the same sample order and augmentation as
-one process with batch N·b. Only rank 0 writes checkpoints, logs and the
-bundle. Without those variables (a plain ``ricenet train``) nothing here is
+one process with batch N·b. (Batch-norm statistics are still computed per
+process, over b samples: the one way the two differ. PyTorch's SyncBatchNorm
+would share them, but only on GPUs.) Only rank 0 writes checkpoints, logs and
+the bundle; validation cases are split across ranks and the results summed. Without those variables (a plain ``ricenet train``) nothing here is
 used.
 """
 
@@ -49,6 +51,22 @@ class DistContext:
         reduced = tensor.to(self.collective_device())
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
         return reduced.to(tensor.device)
+
+    def broadcast_buffers(self, model: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (batch-norm running statistics).
+
+        DDP does this at the start of each training forward pass, but after
+        the last one each rank has updated its own; validation and the saved
+        model must all use rank 0's.
+        """
+        if not self.active:
+            return
+        import torch.distributed as dist
+
+        for buffer in model.buffers():
+            shared = buffer.detach().to(self.collective_device())
+            dist.broadcast(shared, src=0)
+            buffer.data.copy_(shared.to(buffer.device))
 
     def barrier(self) -> None:
         if self.active:

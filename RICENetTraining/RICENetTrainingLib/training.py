@@ -211,6 +211,12 @@ def epoch_order(labels: Sequence[int], n_samples: int, seed: int, fold: int, epo
     return list(WeightedRandomSampler(weights, n_samples, replacement=True, generator=generator))
 
 
+def rank_batches(keys: Sequence[Any], batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[Any]]:
+    """Process ``rank``'s batches: global batch ``s`` is ``keys[s·N·b : (s+1)·N·b]`` and rank r takes its r-th slice."""
+    step = batch_size * world_size
+    return [list(keys[s + rank * batch_size: s + (rank + 1) * batch_size]) for s in range(0, len(keys), step)]
+
+
 def _fingerprint(params: TrainingParameters, fold: int, train_ids: Sequence[str], val_ids: Sequence[str],
                  shape: Sequence[int], world_size: int) -> dict[str, Any]:
     """The settings a checkpoint must share with the run that resumes it (epochs and device may change)."""
@@ -246,7 +252,7 @@ class _FoldTrainer:
             torch.manual_seed(derive_seed(params.seed, fold, "init"))
             model = build_network(params.network_architecture())
         self.memory_format = torch.channels_last_3d if params.channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.model = wrap(model.to(self.device, memory_format=self.memory_format), context)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=params.learning_rate,
                                           weight_decay=params.weight_decay)
         self.epoch = 0
@@ -294,13 +300,12 @@ class _FoldTrainer:
 
     def _batches(self, epoch: int) -> list[list[tuple[int, int]]]:
         """This rank's batches of ``(case index, augmentation seed)``."""
-        p, rank, world = self.params, self.context.rank, self.context.world_size
+        p = self.params
         labels = [self.data.labels[i] for i in self.train_index]
         order = epoch_order(labels, self._samples_per_epoch(), p.seed, self.fold, epoch)
         keys = [(self.train_index[o], derive_seed(p.seed, self.fold, epoch, position))
                 for position, o in enumerate(order)]
-        step = p.batch_size * world
-        return [keys[s + rank * p.batch_size: s + (rank + 1) * p.batch_size] for s in range(0, len(keys), step)]
+        return rank_batches(keys, p.batch_size, self.context.rank, self.context.world_size)
 
     def _loader(self, batches: list[list[tuple[int, int]]]) -> torch.utils.data.DataLoader:
         workers = self.params.num_workers
@@ -339,8 +344,9 @@ class _FoldTrainer:
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
-        self.model.eval()
         network = unwrap(self.model)
+        self.context.broadcast_buffers(network)
+        network.eval()
         n = len(self.val_index)
         probabilities = torch.zeros(n, len(CLASS_NAMES), dtype=torch.float64)
         losses = torch.zeros(n, dtype=torch.float64)
