@@ -27,14 +27,18 @@ from RICENetLib.slicer_logic import (  # noqa: E402
     ClassificationSettings,
     load_synthetic_case,
     parse_levels,
+    required_packages,
+    untrained_bundle,
 )
 
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
-    from test_bundle import make_bundle
+    """The untrained bundle that the Slicer self-test uses too."""
+    from RICENetLib.bundle import load_bundle
 
-    path, _ = make_bundle(tmp_path_factory.mktemp("bundle") / "tiny", n_folds=2)
+    path = untrained_bundle(tmp_path_factory.mktemp("bundle") / "tiny", n_folds=2, input_size=32, spacing_mm=6.0)
+    assert len(load_bundle(path).folds) == 2
     return path
 
 
@@ -114,6 +118,13 @@ def test_classify_a_case_end_to_end(scene_with_case, tiny_bundle, small_case, tm
     assert data["label"] == label and data["verdict"] == result.verdict
     assert paths["occlusion"].is_file() and paths["report"].is_file() and paths["overview"].is_file()
 
+    # Restyling the heatmap needs no recomputation.
+    logic.restyle_heatmap(result.node_ids["heatmap"], settings(tiny_bundle, heatmap_opacity=0.25, heatmap_threshold=0.5))
+    composite = scene.GetNthNodeByClass(0, "vtkMRMLSliceCompositeNode")
+    assert composite.GetForegroundOpacity() == pytest.approx(0.25)
+    top = float(heatmap.GetAttribute("RICENet.Maximum"))  # the map's maximum (1 if it has no positive value)
+    assert heatmap.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.5 * top, rel=1e-5)
+
     # Re-running replaces the result nodes instead of adding copies; without occlusion the old map goes.
     before = scene.GetNumberOfNodes()
     again = logic.run(nodes["postop"], nodes["event"], nodes["dose"], settings(tiny_bundle))
@@ -125,9 +136,6 @@ def test_classify_a_case_end_to_end(scene_with_case, tiny_bundle, small_case, tm
     for role, class_name in ((mrml.ROLE_RESULTS, "vtkMRMLTableNode"), (mrml.ROLE_ISODOSE, "vtkMRMLSegmentationNode"),
                              (mrml.ROLE_REGISTRATION, "vtkMRMLLinearTransformNode")):
         assert len(role_nodes(scene, class_name, role)) == 1
-
-    # Restyling the heatmap needs no recomputation.
-    logic.restyle_heatmap(again, settings(tiny_bundle, heatmap_opacity=0.25))
 
 
 def test_worker_thread_and_cancel(scene_with_case, tiny_bundle):
@@ -217,6 +225,14 @@ def test_settings_and_inputs_are_checked(scene_with_case, tiny_bundle, tmp_path)
     options = settings(tiny_bundle, skull_strip="bundle", device="auto", occlusion="none", dose_unit="cGy").predict_options()
     assert options == {"device": None, "occlusion": None, "skull_strip": None, "dose_unit": "cGy"}
     assert ClassificationSettings.from_dict({**settings(tiny_bundle).to_dict(), "unknown": 1}) == settings(tiny_bundle)
+    # Packages to ensure inside Slicer: never torch, SimpleITK, numpy or vtk (Slicer and the PyTorch extension own them).
+    assert not any(r.startswith("deepbet") for r in required_packages(settings(tiny_bundle, skull_strip="bundle")))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps({"preprocessing": {}}))  # says nothing: deepbet
+    needed = required_packages(settings(tmp_path / "b", skull_strip="bundle"))
+    assert any(r.startswith("monai") for r in needed) and any(r.startswith("deepbet") for r in needed)
+    assert not any(r.split(">")[0].split("=")[0].lower() in ("torch", "simpleitk", "numpy", "vtk") for r in needed)
+    assert not any(r.startswith("deepbet") for r in required_packages(settings(tiny_bundle, skull_strip="none")))
 
 
 def test_sample_data_case_loads_with_dose_mark():

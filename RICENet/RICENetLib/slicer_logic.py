@@ -37,6 +37,30 @@ OCCLUSION_CHOICES = ("none", "quick", "standard", "fine")
 DOSE_UNITS = ("auto", "Gy", "cGy")
 
 
+#: What the engine needs inside Slicer beyond Slicer itself (SimpleITK, numpy, VTK, pydicom) and the
+#: PyTorch extension (torch); installed on first use with one confirmation, never at import time.
+CORE_REQUIREMENTS = ("monai>=1.4", "safetensors>=0.4", "nibabel>=5", "matplotlib>=3.7")
+SKULL_STRIP_REQUIREMENTS = {"deepbet": ("deepbet>=1.0",), "hd-bet": ("hd-bet>=2.0",), "none": ()}
+SAMPLE_DATA_REQUIREMENTS = ("nilearn>=0.10",)
+
+
+def bundle_skull_strip(bundle: str | os.PathLike) -> str:
+    """The skull-stripping backend a bundle was trained with (``deepbet`` when it does not say)."""
+    import json
+
+    try:
+        header = json.loads((Path(bundle) / "bundle.json").read_text(encoding="utf-8"))
+        return str((header.get("preprocessing") or {}).get("skull_strip", "deepbet"))
+    except (OSError, ValueError, AttributeError):
+        return "deepbet"
+
+
+def required_packages(settings: "ClassificationSettings") -> list[str]:
+    """The pip requirements a run with ``settings`` needs (torch excluded: it comes from the PyTorch extension)."""
+    backend = settings.skull_strip if settings.skull_strip != "bundle" else bundle_skull_strip(settings.bundle)
+    return list(CORE_REQUIREMENTS) + list(SKULL_STRIP_REQUIREMENTS.get(backend, ()))
+
+
 def parse_levels(text: str | Sequence[float]) -> tuple[float, ...]:
     """Isodose levels from ``"50, 60"`` (Gy), sorted; an empty text gives no levels."""
     if not isinstance(text, str):
@@ -238,15 +262,37 @@ class ClassificationLogic:
 
         return write_prediction(prediction, folder, job.postop, job.event, job.dose, overwrite=overwrite)
 
-    def restyle_heatmap(self, result: ClassificationResult, settings: ClassificationSettings) -> None:
+    def restyle_heatmap(self, heatmap_id: str | None, settings: ClassificationSettings) -> None:
         """Apply changed threshold/opacity to the shown heatmap without recomputing it."""
-        node = self.scene.GetNodeByID(result.node_ids.get("heatmap", "")) if result.node_ids.get("heatmap") else None
+        node = self.scene.GetNodeByID(heatmap_id) if heatmap_id else None
         if node is not None:
             mrml.set_heatmap_style(node, settings.heatmap_style())
         mrml.set_foreground_opacity(self.scene, float(settings.heatmap_opacity))
 
 
-# --------------------------------------------------------------------------- sample data
+# --------------------------------------------------------------------------- sample data and self-test
+
+
+def untrained_bundle(path: str | os.PathLike, n_folds: int = 2, input_size: int = 32, spacing_mm: float = 6.0,
+                     skull_strip: str = "none", seed: int = 0) -> Path:
+    """A tiny bundle with random weights, to exercise the whole pipeline in seconds (self-tests, demos).
+
+    Its answers mean nothing: it is MONAI's resnet18 eight times narrower,
+    never trained. Use a trained bundle (RICENetTraining) for real cases.
+    """
+    import torch
+
+    from .bundle import BundleFold, write_bundle
+    from .model import build_network, default_architecture
+
+    architecture = dict(default_architecture(3), widen_factor=0.125)
+    torch.manual_seed(seed)
+    folds = [BundleFold(k, (), (), {}, epoch=0, state_dict=build_network(architecture).state_dict()) for k in range(n_folds)]
+    preprocessing = {"spacing_mm": float(spacing_mm), "input_size": [int(input_size)] * 3, "skull_strip": skull_strip}
+    return write_bundle(path, folds, modalities=("postop", "event", "dose"), architecture=architecture,
+                        input_size=(int(input_size),) * 3, preprocessing=preprocessing, seed=seed,
+                        training={"note": "untrained: for tests and demonstrations only"}, overwrite=True)
+
 
 
 def load_synthetic_case(scene: Any, label: str = "recurrence", seed: int = 7, size: int | None = 96,

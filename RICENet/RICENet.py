@@ -1,0 +1,498 @@
+"""RICE-NET classification module for 3D Slicer: recurrence or RICE, with a heatmap on the slice views.
+
+A table of contents, not an engine: the module, the parameter node, a widget
+that binds the .ui to it and polls a worker thread, a thin logic that hands
+everything to :class:`RICENetLib.slicer_logic.ClassificationLogic` (Qt-free,
+tested outside Slicer on slicer-core), and the Slicer self-test.
+
+This file needs the Slicer application (Qt, ``slicer.app``); it cannot run on
+machines without a Slicer GUI. ``Testing/test_slicer_logic.py`` exercises the
+same logic end to end there, and ``Testing/test_module_ui.py`` checks that the
+widget names used here exist in ``Resources/UI/RICENet.ui``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import pathlib
+import re
+from typing import Annotated
+
+import ctk
+import qt
+import vtk
+
+import slicer
+from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from RICENetLib.slicer_logic import (
+    DEVICES,
+    DOSE_UNITS,
+    SAMPLE_DATA_REQUIREMENTS,
+    SKULL_STRIP_CHOICES,
+    ClassificationLogic,
+    ClassificationSettings,
+    load_synthetic_case,
+    required_packages,
+)
+
+OCCLUSION_PRESETS = ("quick", "standard", "fine")
+SETTINGS_BUNDLE_KEY = "RICENet/BundlePath"
+POLL_INTERVAL_MS = 200
+
+
+class RICENet(ScriptedLoadableModule):
+    """RICE-NET: tumour recurrence vs radiation-induced contrast enhancement (RICE)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("RICE-NET")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Radiotherapy")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["RICE-NET for 3D Slicer contributors"]
+        self.parent.helpText = _(
+            "Classifies a new contrast-enhancing lesion on glioblastoma follow-up MRI as <b>tumour recurrence</b> or "
+            "<b>radiation-induced contrast enhancement (RICE)</b> from the post-operative T1c MRI, the event T1c MRI "
+            "and the radiotherapy dose, with a 5-fold 3D ResNet-18 ensemble. The occlusion-sensitivity heatmap is shown "
+            "over the event MRI (registered to the post-op MRI) with the isodose lines. "
+            "Try it with <i>Sample Data → RICE-NET</i> (a synthetic case). Research use only; not a medical device."
+        )
+        self.parent.acknowledgementText = _(
+            "Implements the RICE-NET paper. Synthetic anatomy from the MNI ICBM152 2009a templates "
+            "(Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, "
+            "McGill University)."
+        )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+# --------------------------------------------------------------------------- dependencies and sample data
+
+
+def ensureDependencies(requirements, *, needTorch: bool = True, requester: str = "RICE-NET") -> bool:
+    """Make the engine's packages available, asking the user once; never called at import time.
+
+    torch comes from the PyTorch extension (it picks the build for the GPU);
+    everything else through ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.12),
+    which skips what is already satisfied and never replaces Slicer's own
+    SimpleITK, numpy or VTK (none of them is requested). Returns False when the
+    user declines.
+    """
+    if needTorch and importlib.util.find_spec("torch") is None:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            slicer.util.errorDisplay(_("RICE-NET needs the PyTorch extension. Install it with the Extensions Manager "
+                                       "and restart Slicer."))
+            return False
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+            return False
+    requirements = list(requirements)
+    if not requirements:
+        return True
+    try:
+        import slicer.packaging
+    except ImportError:  # Slicer 5.10: no slicer.packaging yet
+        return _pipInstallWithConfirmation(requirements, requester)
+    try:
+        slicer.packaging.pip_ensure(requirements, requester=requester)
+    except RuntimeError:  # the user declined
+        return False
+    return True
+
+
+def _pipInstallWithConfirmation(requirements, requester):
+    missing = [r for r in requirements if importlib.util.find_spec(_importName(r)) is None]
+    if not missing:
+        return True
+    if not slicer.util.confirmOkCancelDisplay(
+            _("{requester} needs these Python packages: {names}. Install them now?").format(
+                requester=requester, names=", ".join(missing)), windowTitle=_("Install Python packages")):
+        return False
+    with slicer.util.WaitCursor():
+        slicer.util.pip_install(missing)
+    return True
+
+
+def _importName(requirement: str) -> str:
+    name = re.split(r"[<>=!~ \[]", requirement, maxsplit=1)[0].strip()
+    return {"hd-bet": "HD_BET"}.get(name.lower(), name.replace("-", "_"))
+
+
+def registerSampleData():
+    """The synthetic case in the Sample Data module: generated locally, nothing to download."""
+    import SampleData
+
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    SampleData.SampleDataLogic.registerCustomSampleDataCategory("RICE-NET", title=_("RICE-NET"))
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="RICE-NET",
+        sampleName="RICENetSyntheticCase",
+        thumbnailFileName=os.path.join(iconsPath, "RICENetSample.png"),
+        customDownloader=loadSyntheticSample,
+    )
+
+
+def loadSyntheticSample(source=None):
+    """Generate the synthetic case (post-op, event, dose) into the scene and show the event MRI."""
+    if not ensureDependencies(SAMPLE_DATA_REQUIREMENTS, needTorch=False):
+        return []
+    with slicer.util.tryWithErrorDisplay(_("The RICE-NET sample case could not be made."), waitCursor=True):
+        nodes = load_synthetic_case(slicer.mrmlScene)
+        slicer.util.setSliceViewerLayers(background=nodes["event"], fit=True)
+        return list(nodes.values())
+    return []
+
+
+# --------------------------------------------------------------------------- parameter node
+
+
+@parameterNodeWrapper
+class RICENetParameterNode:
+    """The module's choices and the nodes of its last run; saved with the scene."""
+
+    postopVolume: vtkMRMLScalarVolumeNode
+    eventVolume: vtkMRMLScalarVolumeNode
+    doseVolume: vtkMRMLScalarVolumeNode
+    bundlePath: pathlib.Path
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    skullStrip: Annotated[str, Choice(list(SKULL_STRIP_CHOICES))] = "bundle"
+    occlusion: bool = True
+    occlusionPreset: Annotated[str, Choice(list(OCCLUSION_PRESETS))] = "quick"
+    doseUnit: Annotated[str, Choice(list(DOSE_UNITS))] = "auto"
+    isodoseLevels: str = "50, 60"
+    heatmapThreshold: Annotated[float, WithinRange(0.0, 0.95)] = 0.2
+    heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
+    # Results of the last run.
+    verdict: str = ""
+    resultsTable: vtkMRMLTableNode
+    heatmapVolume: vtkMRMLScalarVolumeNode
+    isodoseSegmentation: vtkMRMLSegmentationNode
+    registrationTransform: vtkMRMLLinearTransformNode
+
+
+def settingsFromParameterNode(parameterNode: RICENetParameterNode) -> ClassificationSettings:
+    bundle = str(parameterNode.bundlePath) if parameterNode.bundlePath else ""
+    return ClassificationSettings(
+        bundle="" if bundle in ("", ".") else bundle,
+        device=parameterNode.device,
+        skull_strip=parameterNode.skullStrip,
+        occlusion=parameterNode.occlusionPreset if parameterNode.occlusion else "none",
+        dose_unit=parameterNode.doseUnit,
+        isodose_levels=parameterNode.isodoseLevels,
+        heatmap_threshold=parameterNode.heatmapThreshold,
+        heatmap_opacity=parameterNode.heatmapOpacity,
+    )
+
+
+# --------------------------------------------------------------------------- widget
+
+
+class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Binds the .ui to the parameter node, runs the logic on a worker thread and polls it with a QTimer.
+
+    Only this (main) thread touches MRML and Qt; the worker only computes.
+    Requires the Slicer application.
+    """
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._task = None
+        self._job = None
+        self._result = None
+        self._timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/RICENet.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = RICENetLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self._poll)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.heatmapThresholdSliderWidget.connect("valueChanged(double)", self._restyleHeatmap)
+        self.ui.heatmapOpacitySliderWidget.connect("valueChanged(double)", self._restyleHeatmap)
+        self.ui.occlusionCheckBox.connect("toggled(bool)", self.ui.occlusionPresetComboBox.setEnabled)
+
+        self._setRunning(False)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._stopTask()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._stopTask()
+        self._job = self._result = None
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(self, caller, event, node) -> None:
+        # SlicerRT sets the dose attribute after adding the node: guess once the event loop is idle.
+        if node is not None and node.IsA("vtkMRMLScalarVolumeNode"):
+            qt.QTimer.singleShot(0, self._fillEmptyInputs)
+
+    # -- parameter node ----------------------------------------------------
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.bundlePath or str(self._parameterNode.bundlePath) in ("", "."):
+            remembered = qt.QSettings().value(SETTINGS_BUNDLE_KEY)
+            if remembered:
+                self._parameterNode.bundlePath = pathlib.Path(remembered)
+        self._fillEmptyInputs()
+
+    def _fillEmptyInputs(self) -> None:
+        node = self._parameterNode
+        if node is None or self._task is not None:
+            return
+        guesses = self.logic.engine.guess_inputs()
+        for name, field in (("postop", "postopVolume"), ("event", "eventVolume"), ("dose", "doseVolume")):
+            if getattr(node, field) is None and guesses.get(name) is not None:
+                setattr(node, field, guesses[name])
+
+    def setParameterNode(self, inputParameterNode: RICENetParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets carry a "SlicerParameterName" property in the .ui file.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            if self._parameterNode.resultsTable:
+                self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
+            self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        ready = bool(node and node.postopVolume and node.eventVolume and node.doseVolume and node.bundlePath
+                     and str(node.bundlePath) not in ("", "."))
+        running = self._task is not None
+        self.ui.applyButton.enabled = ready and not running
+        self.ui.applyButton.toolTip = _("Classify the case") if ready else _("Select the three volumes and a model bundle folder")
+        self.ui.exportButton.enabled = self._result is not None and not running
+        self.ui.occlusionPresetComboBox.enabled = bool(node and node.occlusion)
+
+    # -- run ---------------------------------------------------------------
+    def onApplyButton(self) -> None:
+        if self._task is not None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("RICE-NET could not start."), waitCursor=True):
+            node = self._parameterNode
+            settings = settingsFromParameterNode(node)
+            if not ensureDependencies(required_packages(settings)):
+                return
+            self._job = self.logic.engine.prepare(node.postopVolume, node.eventVolume, node.doseVolume, settings)
+            self._result = None
+            qt.QSettings().setValue(SETTINGS_BUNDLE_KEY, settings.bundle)
+            self._task = self.logic.engine.start(self._job)
+            self._setRunning(True)
+            self._timer.start()
+
+    def onCancelButton(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self.ui.statusLabel.text = _("Cancelling… (stops at the next step)")
+            self.ui.cancelButton.enabled = False
+
+    def _poll(self) -> None:
+        task = self._task
+        if task is None:
+            self._timer.stop()
+            return
+        status = task.status()
+        self.ui.progressBar.value = int(round(100 * status.fraction))
+        if status.message:
+            self.ui.statusLabel.text = status.message
+        if not status.finished:
+            return
+        self._timer.stop()
+        self._task = None
+        self._setRunning(False)
+        if status.state == "done":
+            with slicer.util.tryWithErrorDisplay(_("RICE-NET could not show its results.")):
+                self._showResult(self.logic.engine.show(self._job, status.result), status.elapsed_s)
+        elif status.state == "cancelled":
+            self.ui.statusLabel.text = _("Cancelled.")
+        else:
+            message = str(status.error) if status.user_error else _("RICE-NET failed: {error}").format(error=status.error)
+            self.ui.statusLabel.text = message
+            slicer.util.errorDisplay(message, detailedText=status.traceback or None)
+        self._updateButtons()
+
+    def _showResult(self, result, elapsed_s: float) -> None:
+        self._result = result
+        node = self._parameterNode
+        ids = result.node_ids
+        scene = slicer.mrmlScene
+        with slicer.util.NodeModify(node.parameterNode):
+            node.verdict = result.verdict
+            node.resultsTable = scene.GetNodeByID(ids["table"]) if "table" in ids else None
+            node.heatmapVolume = scene.GetNodeByID(ids["heatmap"]) if "heatmap" in ids else None
+            node.isodoseSegmentation = scene.GetNodeByID(ids["isodose"]) if "isodose" in ids else None
+            node.registrationTransform = scene.GetNodeByID(ids["transform"]) if "transform" in ids else None
+        self.ui.resultsTableView.setMRMLTableNode(node.resultsTable)
+        self.ui.statusLabel.text = _("Done in {seconds:.0f} s.").format(seconds=elapsed_s)
+
+    def _stopTask(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+            self._setRunning(False)
+
+    def _setRunning(self, running: bool) -> None:
+        self.ui.applyButton.enabled = not running
+        self.ui.cancelButton.enabled = running
+        self.ui.progressBar.visible = running
+        if running:
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("Starting…")
+
+    def _restyleHeatmap(self, value=None) -> None:
+        if self._parameterNode is None:
+            return
+        settings = settingsFromParameterNode(self._parameterNode)
+        heatmap = self._parameterNode.heatmapVolume
+        self.logic.engine.restyle_heatmap(heatmap.GetID() if heatmap is not None else None, settings)
+
+    # -- export ------------------------------------------------------------
+    def onExportButton(self) -> None:
+        if self._result is None or self._job is None:
+            return
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export the RICE-NET report into"))
+        if not folder:
+            return
+        event = slicer.mrmlScene.GetNodeByID(self._job.event_id)
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", event.GetName() if event else "case").strip("_") or "case"
+        target = pathlib.Path(folder) / f"{name}-RICENet"
+        overwrite = False
+        if target.exists() and any(target.iterdir()):
+            if not slicer.util.confirmYesNoDisplay(_("{path} exists. Replace it?").format(path=target)):
+                return
+            overwrite = True
+        with slicer.util.tryWithErrorDisplay(_("The report could not be written."), waitCursor=True):
+            paths = self.logic.engine.export(self._job, self._result.prediction, target, overwrite=overwrite)
+            self.ui.statusLabel.text = _("Report written to {path}").format(path=paths["report"])
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(paths["report"])))
+
+
+# --------------------------------------------------------------------------- logic
+
+
+class RICENetLogic(ScriptedLoadableModuleLogic):
+    """Slicer's logic object: the parameter node, and the Qt-free engine logic on ``slicer.mrmlScene``.
+
+    >>> logic = RICENetLogic()                                                   # doctest: +SKIP
+    >>> result = logic.process(postop, event, dose, ClassificationSettings(bundle="/models/ricenet"))  # doctest: +SKIP
+    >>> result.verdict                                                           # doctest: +SKIP
+    'Recurrence — 4 of 5 folds, mean p = 0.81'
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.engine = ClassificationLogic(slicer.mrmlScene)
+
+    def getParameterNode(self) -> RICENetParameterNode:
+        return RICENetParameterNode(super().getParameterNode())
+
+    def process(self, postopVolume, eventVolume, doseVolume, settings: ClassificationSettings, progress=None, cancel=None):
+        """Classify on the calling thread (scripts, the self-test); the widget uses a worker thread instead."""
+        return self.engine.run(postopVolume, eventVolume, doseVolume, settings, progress=progress, cancel=cancel)
+
+
+# --------------------------------------------------------------------------- self-test
+
+
+class RICENetTest(ScriptedLoadableModuleTest):
+    """Slicer self-test: the sample case through the module's logic with an untrained tiny bundle.
+
+    Runs inside the Slicer application only (ctest via ``slicer_add_python_unittest``
+    in the extension build, or *Reload and Test* in the module panel). It cannot
+    run on the development machines, which have no Slicer GUI; there the same
+    path is tested on slicer-core by ``Testing/test_slicer_logic.py``. Needs the
+    PyTorch extension and the packages of :func:`ensureDependencies` installed
+    beforehand (``pip_ensure`` does not install in testing mode).
+    """
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_RICENet_sample_case()
+
+    def test_RICENet_sample_case(self):
+        import tempfile
+
+        from RICENetLib import mrml
+        from RICENetLib.slicer_logic import untrained_bundle
+
+        self.delayDisplay("Making the synthetic sample case")
+        nodes = load_synthetic_case(slicer.mrmlScene, size=48)
+        self.assertIs(mrml.find_dose_volume(slicer.mrmlScene), nodes["dose"])
+
+        with tempfile.TemporaryDirectory() as folder:
+            bundle = untrained_bundle(pathlib.Path(folder) / "bundle", n_folds=2)
+            settings = ClassificationSettings(bundle=str(bundle), skull_strip="none", occlusion="quick",
+                                              device="cpu", isodose_levels="30, 40")
+            logic = RICENetLogic()
+            self.delayDisplay("Classifying with an untrained bundle")
+            result = logic.process(nodes["postop"], nodes["event"], nodes["dose"], settings)
+
+        self.assertRegex(result.verdict, r"^(Recurrence|RICE).* — \d of 2 folds, mean p = \d\.\d\d$")
+        table = slicer.mrmlScene.GetNodeByID(result.node_ids["table"])
+        self.assertEqual(table.GetNumberOfRows(), 2 + 3)
+        heatmap = slicer.mrmlScene.GetNodeByID(result.node_ids["heatmap"])
+        for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+            self.assertEqual(composite.GetForegroundVolumeID(), heatmap.GetID())
+            self.assertEqual(composite.GetBackgroundVolumeID(), nodes["event"].GetID())
+        self.assertIs(nodes["event"].GetParentTransformNode(), slicer.mrmlScene.GetNodeByID(result.node_ids["transform"]))
+
+        # Re-running replaces the result nodes.
+        count = slicer.mrmlScene.GetNumberOfNodes()
+        with tempfile.TemporaryDirectory() as folder:
+            settings.bundle = str(untrained_bundle(pathlib.Path(folder) / "bundle", n_folds=2))
+            logic.process(nodes["postop"], nodes["event"], nodes["dose"], settings)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
+        self.delayDisplay("Test passed")
