@@ -191,8 +191,14 @@ def test_isodose_outlines_are_drawn(rendered_case):
 
 
 def make_screenshot(path: Path, *, spacing_mm: float = 1.0, seed: int = 7, label: str = "recurrence",
-                    heatmap_path: str | None = None, size=(900, 700)) -> Path:
-    """Render the extension's screenshot: a synthetic case, heatmap over the event MRI, 50/60 Gy lines."""
+                    bundle: str | None = None, occlusion: str = "standard", size=(900, 700)) -> Path:
+    """Render the extension's screenshot: a synthetic case, heatmap over the event MRI, 50/60 Gy lines.
+
+    With ``bundle`` (a trained model bundle) the heatmap and the registration
+    come from the engine (``predict_case`` with occlusion); without, the map is
+    the lesion stand-in of :func:`lesion_heatmap` and the registration the
+    generator's ground truth.
+    """
     from PIL import Image
 
     from RICENetLib.synthetic import generate_case
@@ -202,12 +208,17 @@ def make_screenshot(path: Path, *, spacing_mm: float = 1.0, seed: int = 7, label
         case = generate_case("Screenshot", label, seed=seed + attempt, spacing_mm=spacing_mm)
         if case.truth["prescription_gy"] == 60.0 and case.truth["lesion_dose_fraction_at_centre"] > 0.6:
             break
-    heatmap = sitk.ReadImage(heatmap_path) if heatmap_path else lesion_heatmap(case)
+    heatmap, registration = lesion_heatmap(case), case.event_from_reference
+    if bundle:
+        from RICENetLib.inference import predict_case
+
+        prediction = predict_case(bundle, case.postop, case.event, case.dose, occlusion=occlusion)
+        heatmap, registration = prediction.occlusion, prediction.event_to_reference
+        print(prediction.to_dict()["label"], prediction.agreement)
     viewer = OffscreenSlicer(*size)
-    viewer.show_case(case.event, case.event_from_reference, heatmap, case.dose, levels=(50.0, 60.0),
+    viewer.show_case(case.event, registration, heatmap, case.dose, levels=(50.0, 60.0),
                      style=mrml.HeatmapStyle(threshold=0.2, opacity=0.65))
     shot = viewer.render(np.array(case.truth["lesion_centre_postop_mm"]))
-    path.parent.mkdir(parents=True, exist_ok=True)
     viewer.close()
     Image.fromarray(shot.rgb).save(path, optimize=True)
     return path
@@ -216,11 +227,14 @@ def make_screenshot(path: Path, *, spacing_mm: float = 1.0, seed: int = 7, label
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--screenshot", type=Path, required=True, help="PNG to write")
-    parser.add_argument("--heatmap", help="an occlusion map in the case's reference space (default: lesion stand-in)")
+    parser.add_argument("--bundle", help="a trained model bundle: use its occlusion map (default: a lesion stand-in)")
+    parser.add_argument("--occlusion", default="standard", help="occlusion preset with --bundle (quick, standard, fine)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--spacing", type=float, default=1.0)
     args = parser.parse_args(argv)
-    print(make_screenshot(args.screenshot, spacing_mm=args.spacing, seed=args.seed, heatmap_path=args.heatmap))
+    args.screenshot.parent.mkdir(parents=True, exist_ok=True)
+    print(make_screenshot(args.screenshot, spacing_mm=args.spacing, seed=args.seed, bundle=args.bundle,
+                          occlusion=args.occlusion))
     return 0
 
 
