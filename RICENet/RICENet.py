@@ -14,13 +14,11 @@ widget names used here exist in ``Resources/UI/RICENet.ui``.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import pathlib
 import re
 from typing import Annotated
 
-import ctk
 import qt
 import vtk
 

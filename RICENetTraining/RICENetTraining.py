@@ -17,7 +17,6 @@ import pathlib
 from typing import Annotated
 
 import qt
-import vtk
 
 import slicer
 from slicer import vtkMRMLPlotChartNode, vtkMRMLTableNode

@@ -262,7 +262,6 @@ def test_event_under_registration_transform_lines_up_with_reference(scene, event
         before[:3, 3] = (4.0, 3.0, -2.0)
         moved = linear_transform_node(scene, before, "user pose")
         event_node.SetAndObserveTransformNodeID(moved.GetID())
-        shown = mrml.volume_to_image(event_node)
         shown_lps = mrml.FLIP @ before @ mrml.FLIP  # local → shown, LPS
         registration_input = sitk.CompositeTransform([
             sitk.AffineTransform(tuple(shown_lps[:3, :3].ravel()), tuple(shown_lps[:3, 3])),
@@ -271,7 +270,6 @@ def test_event_under_registration_transform_lines_up_with_reference(scene, event
         np.testing.assert_allclose(
             registration_input.TransformPoint(tuple(lesion_ref)),
             shown_lps[:3, :3] @ lesion_event + shown_lps[:3, 3], atol=1e-9)
-        del shown
 
     transform_node = mrml.update_registration_transform(scene, registration_input, moving=event_node, key="case")
     assert event_node.GetParentTransformNode() is transform_node

@@ -13,7 +13,6 @@ Run as a script to (re)make the extension's screenshot::
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
