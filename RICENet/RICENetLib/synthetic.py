@@ -291,8 +291,10 @@ def generate_case(
     margin = rng.uniform(10.0, 20.0) if recurrence else rng.uniform(15.0, 25.0)
     prescription = 60.0 if rng.random() < (0.6 if recurrence else 0.9) else 40.05
     ptv_distance = (cavity_r - 1.0) * cavity_radii.mean() - margin  # < 0 inside the target
-    penumbra = rng.uniform(2.5, 4.0)
-    core = 1.0 / (1.0 + np.exp(np.clip(ptv_distance / penumbra, -50, 50)))
+    # A plateau at the prescription inside the target, 95 % on the PTV surface, then a penumbra.
+    penumbra = rng.uniform(1.5, 2.5)
+    shoulder = penumbra * np.log(19.0)
+    core = 1.0 / (1.0 + np.exp(np.clip((ptv_distance - shoulder) / penumbra, -50, 50)))
     bath = 0.3 * np.exp(-np.clip(ptv_distance, 0, None) / rng.uniform(18.0, 30.0)) * (1 - core)
     body = outside <= skull_outer + 7.0
     relative_dose = ((core * (1.0 + 0.025 * _smooth_noise(grid, rng, 25.0)) + bath) * body).astype(np.float32)
