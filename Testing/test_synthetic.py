@@ -84,15 +84,20 @@ def test_poses_and_dose_are_realistic(small_case):
 
 
 def test_class_rule_lesion_placement():
-    """RICE lesions sit in the high-dose region; typical recurrences on the cavity wall."""
-    doses = {"rice": [], "recurrence": []}
+    """RICE lesions sit in the high-dose region away from the wall; typical recurrences on the wall."""
     for seed in range(8):
-        for label in doses:
-            case = generate_case("X", label, seed=seed, size=32)
-            doses[label].append(case.truth["lesion_dose_fraction_at_centre"])
-            assert case.truth["lesion_variant"].startswith(label)
-    assert min(doses["rice"]) > 0.85
-    assert np.mean(doses["rice"]) > np.mean(doses["recurrence"])
+        for label in ("rice", "recurrence"):
+            truth = generate_case("X", label, seed=seed, size=32).truth
+            variant, wall = truth["lesion_variant"], truth["lesion_distance_to_cavity_wall_mm"]
+            assert variant.startswith(label)
+            if label == "rice":
+                assert truth["lesion_dose_fraction_at_centre"] > 0.85
+            if variant == "recurrence-wall":
+                assert 0 < wall < 4
+            elif variant == "rice-white-matter":
+                assert wall > 6
+            elif variant == "recurrence-distant":
+                assert 8 < wall < 25
 
 
 def test_label_noise_flips_some_labels():

@@ -346,9 +346,9 @@ def generate_case(
     event_anatomy[lesion] = 0.55
     event_anatomy[enhancing] = ENHANCEMENT
     truth["lesion_centres_anatomy_mm"] = centres
-    truth["lesion_dose_fraction_at_centre"] = float(
-        relative_dose.reshape(-1)[np.argmin(np.linalg.norm(xyz.reshape(3, -1).T - first_centre, axis=1))]
-    )
+    nearest = int(np.argmin(np.linalg.norm(xyz.reshape(3, -1).T - first_centre, axis=1)))
+    truth["lesion_dose_fraction_at_centre"] = float(relative_dose.reshape(-1)[nearest])
+    truth["lesion_distance_to_cavity_wall_mm"] = float(wall.reshape(-1)[nearest])
 
     # Acquisition: each scan has its own grid and its own rigid pose of the head.
     head_centre = np.array(grid.GetOrigin()) + (np.array(grid.GetSize()) - 1) * np.array(grid.GetSpacing()) / 2
