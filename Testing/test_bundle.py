@@ -94,7 +94,8 @@ def test_weights_files_are_plain_safetensors_with_checksums(good_bundle):
         data = (path / fold["weights"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == fold["sha256"]
         header_length = int.from_bytes(data[:8], "little")
-        assert json.loads(data[8:8 + header_length])["__metadata__"]["fold"] == str(fold["index"])
+        about = json.loads(json.loads(data[8:8 + header_length])["__metadata__"]["ricenet"])
+        assert about == {"format": "ricenet-bundle", "fold": fold["index"], "modalities": MODALITIES}
 
 
 def test_writer_is_atomic_and_refuses_to_overwrite(tmp_path, good_bundle):

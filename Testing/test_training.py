@@ -227,3 +227,37 @@ def test_checkpoint_round_trip_and_atomic_save(tmp_path, monkeypatch):
     path.write_bytes(b"\x80\x04garbage")
     with pytest.raises(InputError, match="cannot be read.*delete it"):
         load_checkpoint(path)
+
+
+def test_process_killed_with_sigkill_resumes_to_identical_weights(tmp_path):
+    """A real kill (no chance to clean up) at whatever moment it lands, then ``resume``."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cases, arrays = make_cohort(4, 4, size=16)
+    params = _tiny(epochs=6)
+    data = tmp_path / "cohort.npz"
+    np.savez(data, labels=json.dumps({c.patient_id: c.label for c in cases}), **arrays)
+    out = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "train_script.py"), str(data), str(out),
+                                json.dumps(params.to_dict())], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    checkpoint = tmp_path / "killed.work" / "fold0" / "checkpoint.safetensors"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere in the next epoch, maybe in the middle of writing the checkpoint
+    process.send_signal(signal.SIGKILL)
+    output = process.communicate()[0].decode(errors="replace")
+    assert process.returncode == -signal.SIGKILL, f"finished before the kill: {output[-2000:]}"
+    assert not out.exists()
+
+    resumed = train_ensemble(cases, out, params, load=loader(arrays), resume=True)
+    reference = train_ensemble(cases, tmp_path / "reference", params, load=loader(arrays))
+    for a, b in zip(reference.folds, resumed.folds):
+        assert a.epoch == b.epoch and len(b.history) == 6
+        assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert load_bundle(out).id == load_bundle(tmp_path / "reference").id  # the id is a digest of the weights

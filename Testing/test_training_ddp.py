@@ -30,7 +30,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     out = tmp_path / "bundle"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(HERE / "ddp_script.py"), str(data), str(out), json.dumps(params)]
+               str(HERE / "train_script.py"), str(data), str(out), json.dumps(params)]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 

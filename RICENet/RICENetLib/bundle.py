@@ -165,9 +165,11 @@ def write_bundle(
         written = []
         for fold in sorted(folds, key=lambda f: f.index):
             name = f"fold{fold.index}.safetensors"
-            tensors = {k: v.detach().to("cpu").contiguous() for k, v in fold.state_dict.items()}
-            save_file(tensors, str(tmp / name), metadata={"format": BUNDLE_FORMAT, "fold": str(fold.index),
-                                                          "modalities": ",".join(modalities)})
+            # Sorted: the same weights give the same bytes (and bundle id) whatever order they arrive in.
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in sorted(fold.state_dict.items())}
+            # One metadata entry: safetensors writes several in a random order, which would change the bytes.
+            about = json.dumps({"format": BUNDLE_FORMAT, "fold": fold.index, "modalities": list(modalities)})
+            save_file(tensors, str(tmp / name), metadata={"ricenet": about})
             written.append(BundleFold(fold.index, tuple(fold.train_patients), tuple(fold.validation_patients),
                                       dict(fold.metrics), fold.epoch, name, _sha256(tmp / name)))
         digest = hashlib.sha256("".join(f.sha256 for f in written).encode()).hexdigest()

@@ -26,7 +26,7 @@ from RICENetLib.cohort import Case
 from RICENetLib.errors import InputError
 from RICENetLib.progress import as_progress
 
-from .dataset import CaseLoader, CaseTensors, load_cases
+from .dataset import CaseLoader, CaseTensors, load_cases, pipeline_loader
 from .folds import Folds, check_cohort, folds_for_cohort
 from .metrics import format_mean_sd, mean_sd
 from .training import TrainingParameters, TrainingResult, resolve_device, train_ensemble
@@ -124,9 +124,7 @@ def run_ablation(
                                         params.n_folds, params.seed)
         if data is None:
             if load is None:
-                from .dataset import pipeline_loader
-
-                load = pipeline_loader(preprocessing or {})
+                load, preprocessing = pipeline_loader(preprocessing)
             data = load_cases(cases, load, progress=report.sub(0.0, 0.05))
         rows = []
         for number, (combo, variant) in enumerate(zip(combos, variants)):

@@ -2,8 +2,9 @@
 
 Training takes a *case loader*, any callable ``case -> array (C, D, H, W)``
 whose channels follow :data:`RICENetLib.MODALITIES`. The default one runs the
-preprocessing pipeline through its disk cache (:func:`pipeline_loader`);
-tests pass in-memory arrays. All cases are loaded before the first epoch, so
+preprocessing pipeline through its disk cache (:func:`pipeline_loader`), so
+registration and skull stripping happen once per case and parameters, not
+once per experiment; tests pass in-memory arrays. All cases are loaded before the first epoch, so
 an unreadable case stops the run at once, naming the patient, instead of
 hours into training. Every modality subset is a channel selection of the
 same loaded tensors, which is how the ablation trains seven models from one
@@ -16,8 +17,10 @@ preprocessing pass.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -123,3 +126,33 @@ class CaseSamples(torch.utils.data.Dataset):
         if self.augment is not None:
             image = self.augment(image, seed)
         return image, self.labels[index], seed
+
+
+def default_cache_dir() -> Path:
+    """``$RICENET_CACHE``, else ``$XDG_CACHE_HOME/ricenet/preprocessed``, else ``~/.cache/ricenet/preprocessed``."""
+    if os.environ.get("RICENET_CACHE"):
+        return Path(os.environ["RICENET_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ricenet" / "preprocessed"
+
+
+def pipeline_loader(preprocessing: Mapping[str, Any] | None = None,
+                    cache_dir: str | os.PathLike | None = None) -> tuple[CaseLoader, dict[str, Any]]:
+    """A case loader running the preprocessing pipeline through its disk cache, and the full parameters.
+
+    ``preprocessing`` may name only some parameters (the rest take their
+    defaults); the returned dict names them all, which is what a bundle must
+    record so that the classifier prepares new cases exactly the same way.
+    """
+    from RICENetLib.preprocess_cache import PreprocessCache
+    from RICENetLib.preprocessing import PreprocessParameters
+
+    params = PreprocessParameters.from_dict(dict(preprocessing or {}))
+    cache = PreprocessCache(cache_dir if cache_dir is not None else default_cache_dir())
+
+    def load(case: Case) -> np.ndarray:
+        paths = case.paths
+        result = cache.get_or_compute(paths["postop"], paths["event"], paths["dose"], params, case_id=case.patient_id)
+        return result.stack(MODALITIES)
+
+    return load, params.to_dict()

@@ -55,7 +55,7 @@ from RICENetLib.progress import Progress, as_progress
 
 from .augmentation import AugmentationParameters, Augmenter
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .dataset import CaseLoader, CaseSamples, CaseTensors, load_cases
+from .dataset import CaseLoader, CaseSamples, CaseTensors, load_cases, pipeline_loader
 from .ddp import DistContext, unwrap, wrap
 from .folds import Folds, check_cohort, folds_for_cohort
 from .metrics import classification_metrics, mean_sd
@@ -563,9 +563,7 @@ def train_ensemble(
             raise InputError(f"The folds have {folds.n_folds} folds but {params.n_folds} were asked for.")
         if data is None:
             if load is None:
-                from .dataset import pipeline_loader
-
-                load = pipeline_loader(preprocessing or {})
+                load, preprocessing = pipeline_loader(preprocessing)
             data = load_cases(cases, load, progress=report.sub(0.0, 0.05))
         context.barrier()
         chosen = params.fold_indices()

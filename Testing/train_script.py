@@ -1,4 +1,4 @@
-"""Run by ``test_training_ddp.py`` under torchrun: train data-parallel on arrays saved by the test.
+"""Run by the training tests in a separate process (alone, or under torchrun): train on arrays saved by the test.
 
 Each rank writes a digest of its kept weights to ``OUT.rank<R>.txt``, so the
 test can check that every process ended with the same model.
