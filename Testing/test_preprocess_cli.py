@@ -33,7 +33,7 @@ def test_one_case_writes_the_documented_files(files, tmp_path, capsys):
                                               "event_to_reference.tfm", "preprocess.json"}
     summary = json.loads(capsys.readouterr().out)
     assert summary["out"] == str(out) and "registration" in summary
-    record = json.loads((out / "preprocess.json").read_text())
+    record = json.loads((out / "preprocess.json").read_text(encoding="utf-8"))
     assert record["parameters"]["skull_strip"] == "none" and record["parameters"]["input_size"] == 48
     assert sitk.ReadImage(str(out / "dose.nii.gz")).GetSize() == (48, 48, 48)
     truth = sitk.ReadTransform(str(files["postop"].parent / "truth" / "event_from_reference.tfm"))

@@ -81,6 +81,13 @@ def test_synthetic_pose_and_resampling_convention(case, brain_points):
     assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.8
 
 
+def test_same_inputs_give_the_same_transform_bit_for_bit(case):
+    first = register_rigid(case.postop, case.event)
+    second = register_rigid(case.postop, case.event)
+    assert first.transform.GetParameters() == second.transform.GetParameters()
+    assert first.metric == second.metric
+
+
 def test_running_out_of_iterations_is_an_error_naming_both_images(case):
     params = RegistrationParameters(max_iterations=2)
     with pytest.raises(PreprocessingError) as error:
