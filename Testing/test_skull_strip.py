@@ -81,3 +81,21 @@ def test_dice():
     b[1:3] = True
     assert dice(a, b) == pytest.approx(0.5)
     assert dice(np.zeros(3), np.zeros(3)) == 1.0
+
+
+def test_nibabel_view_keeps_voxels_and_geometry():
+    """deepbet sees the image through nibabel (RAS): same voxel, same physical point, any orientation."""
+    array = np.random.default_rng(0).random((6, 7, 8)).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.9, 1.3, 2.0))
+    image.SetOrigin((12.0, -7.0, 30.0))
+    image = sitk.PermuteAxes(sitk.Flip(image, [True, False, True]), [2, 0, 1])
+    image.SetDirection(tuple((np.array(sitk.Euler3DTransform((0, 0, 0), 0.2, -0.3, 0.1).GetMatrix()).reshape(3, 3)
+                              @ np.array(image.GetDirection()).reshape(3, 3)).ravel()))
+    nifti = strip_module._to_nibabel(image)
+    data = np.asarray(nifti.dataobj)
+    index = (3, 1, 4)  # (x, y, z) in ITK order = (i, j, k) in nibabel order
+    assert data[index] == sitk.GetArrayViewFromImage(image)[index[::-1]]
+    ras = nifti.affine @ np.array([*index, 1.0])
+    lps = image.TransformIndexToPhysicalPoint(index)
+    assert np.allclose(ras[:3], [-lps[0], -lps[1], lps[2]])
