@@ -82,5 +82,5 @@ def test_folder_per_patient(images):
 def test_written_table_reloads(images, tmp_path):
     cases = load_cohort(_table(images, GOOD))
     out = write_cohort_csv(tmp_path / "elsewhere" / "copy.csv", cases)
-    assert "../P1/postop.nii.gz" in out.read_text()
+    assert "../P1/postop.nii.gz" in out.read_text(encoding="utf-8")
     assert load_cohort(out) == cases

@@ -26,7 +26,7 @@ def cmake_module_name(cmake: str) -> str:
 @pytest.mark.parametrize("module", MODULES)
 def test_every_python_file_is_listed_in_the_module_cmake(module):
     folder = REPO / module
-    cmake = (folder / "CMakeLists.txt").read_text()
+    cmake = (folder / "CMakeLists.txt").read_text(encoding="utf-8")
     assert cmake_module_name(cmake) == module
     listed = set(_cmake_list(cmake, "MODULE_PYTHON_SCRIPTS"))
     present = {p.relative_to(folder).as_posix() for p in folder.rglob("*.py") if "__pycache__" not in p.parts}
@@ -37,7 +37,7 @@ def test_every_python_file_is_listed_in_the_module_cmake(module):
 @pytest.mark.parametrize("module", MODULES)
 def test_every_resource_is_listed_and_exists(module):
     folder = REPO / module
-    cmake = (folder / "CMakeLists.txt").read_text()
+    cmake = (folder / "CMakeLists.txt").read_text(encoding="utf-8")
     listed = set(_cmake_list(cmake, "MODULE_PYTHON_RESOURCES"))
     present = {p.relative_to(folder).as_posix() for p in (folder / "Resources").rglob("*") if p.is_file()}
     assert present == listed
@@ -46,7 +46,7 @@ def test_every_resource_is_listed_and_exists(module):
 
 
 def test_top_level_cmake_has_extension_metadata():
-    cmake = (REPO / "CMakeLists.txt").read_text()
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "project(RICENet)" in cmake
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
         assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', cmake), key
@@ -59,17 +59,17 @@ def test_top_level_cmake_has_extension_metadata():
 
 
 def test_catalog_entry():
-    entry = json.loads((REPO / "RICENet.json").read_text())
+    entry = json.loads((REPO / "RICENet.json").read_text(encoding="utf-8"))
     assert entry["build_dependencies"] == ["PyTorch"]
     assert entry["scmurl"].endswith(".git") and entry["category"]
-    homepage = re.search(r'EXTENSION_HOMEPAGE "(.*?)"', (REPO / "CMakeLists.txt").read_text()).group(1)
+    homepage = re.search(r'EXTENSION_HOMEPAGE "(.*?)"', (REPO / "CMakeLists.txt").read_text(encoding="utf-8")).group(1)
     assert entry["scmurl"] == homepage + ".git"
 
 
 def test_engine_never_imports_qt_and_only_the_bridge_imports_mrml():
     for lib in (REPO / "RICENet" / "RICENetLib", REPO / "RICENetTraining" / "RICENetTrainingLib"):
         for path in lib.rglob("*.py"):
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
             assert not re.search(r"^\s*(import|from)\s+(qt|ctk|PythonQt|slicer\.qt)", text, re.M), f"{path} imports Qt"
             if path.name != "mrml.py":
                 assert not re.search(r"^\s*(import slicer|from slicer\b)", text, re.M), f"{path} imports Slicer/MRML"

@@ -188,3 +188,22 @@ def test_image_info_of_nifti(tmp_path):
     info = image_info(path)
     assert info["size"] == [11, 9, 7] and "modality" not in info
     assert info["min"] < 0 < info["max"]
+
+
+def test_singular_direction_gets_the_reason(tmp_path):
+    path = tmp_path / "singular.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4, 4), np.float32)), str(path))
+    text = path.read_bytes().replace(b"space directions: (1,0,0) (0,1,0) (0,0,1)", b"space directions: (1,0,0) (1,0,0) (0,0,1)")
+    path.write_bytes(text)
+    with pytest.raises(InputError, match="determinant is 0") as error:
+        read_image(path)
+    assert str(path) in str(error.value)
+
+
+def test_written_files_have_ordinary_permissions(tmp_path):
+    import os
+
+    path = write_image(_oblique_image(), tmp_path / "shared.nii.gz")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask

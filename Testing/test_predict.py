@@ -46,7 +46,7 @@ def test_predict_cli_writes_every_output(tiny_bundle, case_paths, tmp_path, caps
             str(case_paths["event"]), "--dose", str(case_paths["dose"]), "--out", str(out), "--device", "cpu"]
     assert main(args + ["--occlusion", "quick", "--per-modality"]) == 0
     assert "of 2 folds, mean p =" in capsys.readouterr().out
-    prediction = json.loads((out / "prediction.json").read_text())
+    prediction = json.loads((out / "prediction.json").read_text(encoding="utf-8"))
     assert prediction["label"] in ("recurrence", "rice")
     assert set(prediction["probabilities"]) == {"recurrence", "rice"}
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -61,12 +61,12 @@ def test_predict_cli_writes_every_output(tiny_bundle, case_paths, tmp_path, caps
     for modality in ("postop", "event", "dose"):
         assert sitk.ReadImage(str(out / f"occlusion_{modality}.nii.gz")).GetSize() == postop.GetSize()
     assert (out / "overview.png").read_bytes()[:4] == b"\x89PNG"
-    page = (out / "report.html").read_text()
+    page = (out / "report.html").read_text(encoding="utf-8")
     assert prediction["verdict"] in page
     # An existing result is never overwritten by accident, and nothing is half-written.
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
-    assert json.loads((out / "prediction.json").read_text()) == prediction
+    assert json.loads((out / "prediction.json").read_text(encoding="utf-8")) == prediction
     assert main(args + ["--overwrite"]) == 0
     assert not (out / "occlusion.nii.gz").exists(), "a run without --occlusion leaves no stale heatmap"
     assert main(args + ["--per-modality", "--overwrite"]) == 2
@@ -85,7 +85,7 @@ def test_cohort_batch_mode(tiny_bundle, case_paths, tmp_path):
     cohort = write_cohort_csv(tmp_path / "cohort.csv", [Case("P1", "rice", case_paths), Case("P2", None, case_paths)])
     assert main(["predict", "--bundle", str(tiny_bundle), "--cohort", str(cohort), "--out", str(tmp_path / "out"),
                  "--device", "cpu"]) == 0
-    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv", encoding="utf-8")))
     assert [r["patient_id"] for r in rows] == ["P1", "P2"]
     assert rows[0]["true_label"] == "rice" and rows[1]["true_label"] == ""
     assert (tmp_path / "out" / "P2" / "report.html").exists()

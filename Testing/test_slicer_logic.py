@@ -114,7 +114,7 @@ def test_classify_a_case_end_to_end(scene_with_case, tiny_bundle, small_case, tm
     # Export writes the CLI's report.
     job = logic.prepare(nodes["postop"], nodes["event"], nodes["dose"], settings(tiny_bundle))
     paths = logic.export(job, prediction, tmp_path / "report")
-    data = json.loads(paths["prediction"].read_text())
+    data = json.loads(paths["prediction"].read_text(encoding="utf-8"))
     assert data["label"] == label and data["verdict"] == result.verdict
     assert paths["occlusion"].is_file() and paths["report"].is_file() and paths["overview"].is_file()
 

@@ -32,12 +32,12 @@ def test_synth_cli_writes_a_valid_deterministic_cohort(tmp_path, capsys):
         grids = [read_image(case.paths[m]) for m in ("postop", "event", "dose")]
         assert len({(g.GetSize(), g.GetSpacing(), g.GetOrigin()) for g in grids}) == 3, "three different grids"
         truth_dir = case.paths["postop"].parent / "truth"
-        truth = json.loads((truth_dir / "truth.json").read_text())
+        truth = json.loads((truth_dir / "truth.json").read_text(encoding="utf-8"))
         assert truth["written_label"] == case.label
         assert truth["prescription_gy"] in (60.0, 40.05)
         for name in ("brain_mask.nii.gz", "lesion_mask.nii.gz", "event_from_reference.tfm"):
             assert (truth_dir / name).exists()
-    assert (tmp_path / "a" / "NOTICE-MNI-ICBM152.txt").read_text().startswith("The synthetic anatomy")
+    assert (tmp_path / "a" / "NOTICE-MNI-ICBM152.txt").read_text(encoding="utf-8").startswith("The synthetic anatomy")
     assert main(args + ["--out", str(tmp_path / "b")]) == 0
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert main(["synth", "--cases", "2", "--size", "32", "--seed", "4", "--out", str(tmp_path / "c")]) == 0

@@ -64,8 +64,8 @@ def main() -> None:
     for name in MODULES:
         path = REPO / name / "CMakeLists.txt"
         text = render(name)
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
             print(f"updated {path.relative_to(REPO)}")
 
 

@@ -81,8 +81,15 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
 
 
 def _itk_reason(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else "unknown reason"
+    """The useful part of an ITK exception: its description, not the file/line banner or a matrix row."""
+    text = str(error)
+    for marker in ("Description:", "ERROR:"):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+            break
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = " ".join(lines)
+    return (reason[:300] + "…") if len(reason) > 300 else (reason or "unknown reason")
 
 
 def _read_dicom_file(path: Path) -> sitk.Image:

@@ -480,7 +480,7 @@ def write_cohort(
 def summarise_cohort(csv_path: str | os.PathLike) -> dict[str, Any]:
     """Counts per label and per lesion variant of a written synthetic cohort."""
     folder = Path(csv_path).parent
-    data = json.loads((folder / "summary.json").read_text())
+    data = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     counts: dict[str, int] = {}
     variants: dict[str, int] = {}
     for case in data["cases"]:

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             rows.append([case.patient_id, case.label or "", data["label"], data["agreement"]]
                         + [f"{data['probabilities'][c]:.4f}" for c in bundle.class_names])
     table = out / "predictions.csv"
-    with atomic_path(table) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_path(table) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["patient_id", "true_label", "predicted_label", "agreement"] + [f"p_{c}" for c in bundle.class_names])
         writer.writerows(rows)
