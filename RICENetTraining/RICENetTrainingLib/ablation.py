@@ -181,7 +181,7 @@ def ablation_markdown(rows: Sequence[AblationRow], params: TrainingParameters) -
             cell += f" (folds {', '.join(map(str, row.result.missing_folds))} not trained yet)"
         lines.append(f"| {row.name} | {cell} |")
     lines.append("")
-    lines.append(f"{params.n_folds}-fold cross-validation on the same folds for every row; {params.epochs} epochs, "
+    lines.append(f"{params.n_folds}-fold cross-validation on the same folds for every row; {params.epochs} epoch(s), "
                  f"learning rate {params.learning_rate:g}, batch size {params.batch_size}, seed {params.seed}; "
                  f"weights kept: {'best validation macro F1' if params.selection == 'best_f1' else 'last epoch'}.")
     return "\n".join(lines) + "\n"

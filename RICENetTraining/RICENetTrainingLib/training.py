@@ -308,10 +308,8 @@ class _FoldTrainer:
         return rank_batches(keys, p.batch_size, self.context.rank, self.context.world_size)
 
     def _loader(self, batches: list[list[tuple[int, int]]]) -> torch.utils.data.DataLoader:
-        workers = self.params.num_workers
-        return torch.utils.data.DataLoader(self.samples, batch_sampler=batches, num_workers=workers,
-                                           pin_memory=self.device.type == "cuda",
-                                           persistent_workers=False)
+        return torch.utils.data.DataLoader(self.samples, batch_sampler=batches, num_workers=self.params.num_workers,
+                                           pin_memory=self.device.type == "cuda")
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.params.bf16)
@@ -319,7 +317,10 @@ class _FoldTrainer:
     def _train_epoch(self, epoch: int, report: Progress) -> dict[str, float]:
         self.model.train()
         batches = self._batches(epoch)
-        totals = torch.zeros(2 + len(CLASS_NAMES) ** 2, dtype=torch.float64)  # loss sum, count, confusion
+        classes = len(CLASS_NAMES)
+        # Accumulated on the device: reading the loss back every step would stall a GPU.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        confusion = torch.zeros(classes * classes, dtype=torch.float64, device=self.device)
         for number, (images, labels, seeds) in enumerate(self._loader(batches)):
             report(number / len(batches), f"epoch {epoch + 1}: batch {number + 1}/{len(batches)}")
             images = images.to(self.device, non_blocking=True)
@@ -333,14 +334,11 @@ class _FoldTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            predicted = logits.detach().argmax(dim=1)
-            totals[0] += float(loss.detach()) * len(labels)
-            totals[1] += len(labels)
-            flat = (labels * len(CLASS_NAMES) + predicted).cpu()
-            totals[2:] += torch.bincount(flat, minlength=len(CLASS_NAMES) ** 2).double()
-        totals = self.context.all_reduce_sum(totals)
-        return {"train_loss": float(totals[0] / totals[1]),
-                "train_macro_f1": _macro_f1_from_confusion(totals[2:].view(len(CLASS_NAMES), -1))}
+            loss_sum += loss.detach().double() * len(labels)
+            confusion += torch.bincount(labels * classes + logits.detach().argmax(dim=1), minlength=classes ** 2)
+        totals = self.context.all_reduce_sum(torch.cat([loss_sum.view(1), confusion]).cpu())
+        return {"train_loss": float(totals[0] / totals[1:].sum()),
+                "train_macro_f1": _macro_f1_from_confusion(totals[1:].view(classes, classes))}
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
@@ -407,8 +405,8 @@ def _fold_result(fold: int, best: dict[str, Any], history: list[dict[str, Any]],
     return FoldResult(fold, int(best["epoch"]), metrics, best["state"], list(history), list(train_ids), list(val_ids))
 
 
-def _check_fingerprint(saved: dict[str, Any], current: dict[str, Any], where: Path, ignore: Sequence[str] = ()) -> None:
-    changed = [k for k in current if k not in ignore and saved.get(k) != current[k]]
+def _check_fingerprint(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    changed = [k for k in current if saved.get(k) != current[k]]
     if changed:
         details = "; ".join(f"{k}: was {_short(saved.get(k))}, now {_short(current[k])}" for k in changed)
         raise InputError(f"{where} was made with other settings ({details}). Use the same settings "
