@@ -34,6 +34,7 @@ walk exactly the path of one process with batch N·b.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -43,7 +44,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
@@ -475,20 +476,18 @@ def train_fold(data: CaseTensors, folds: Folds, fold: int, params: TrainingParam
         return trainer.run(as_progress(progress, cancel), on_epoch)
 
 
-class _deterministic:
+@contextlib.contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
     """cuDNN in deterministic mode for the duration of training (restored afterwards)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.active = device.type == "cuda"
-
-    def __enter__(self) -> None:
-        if self.active:
-            self.saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.active:
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = self.saved
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
 
 
 def _prefixed(report: Progress, prefix: str) -> Progress:
@@ -574,10 +573,12 @@ def train_ensemble(
         bundle = None
         missing: list[int] = []
         if context.is_main:
-            for k in range(params.n_folds):
-                if k not in chosen:
-                    other = finished_fold(work, data, folds, k, params)
-                    results.append(other) if other is not None else missing.append(k)
+            for k in sorted(set(range(params.n_folds)) - set(chosen)):
+                other = finished_fold(work, data, folds, k, params)
+                if other is None:
+                    missing.append(k)
+                else:
+                    results.append(other)
             results.sort(key=lambda r: r.fold)
             if not missing:
                 report(0.97, "writing the bundle")
