@@ -261,3 +261,12 @@ def test_process_killed_with_sigkill_resumes_to_identical_weights(tmp_path):
         assert a.epoch == b.epoch and len(b.history) == 6
         assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
     assert load_bundle(out).id == load_bundle(tmp_path / "reference").id  # the id is a digest of the weights
+
+
+def test_bf16_channels_last_and_cpu_side_augmentation_run(tmp_path):
+    """The GPU options also run on a CPU (slowly), so a typo in them cannot hide until a GPU is lent."""
+    cases, arrays = make_cohort(2, 2, size=16)
+    params = _tiny(epochs=1, bf16=True, channels_last=True, augment_on="cpu")
+    result = train_ensemble(cases, tmp_path / "b", params, load=loader(arrays))
+    assert result.bundle is not None
+    assert all(v.dtype != torch.bfloat16 for v in result.folds[0].state_dict.values())  # weights stay float32
