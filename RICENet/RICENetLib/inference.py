@@ -67,6 +67,7 @@ class EnsemblePrediction:
     occlusion: sitk.Image | None = None  # reference (post-op) space
     occlusion_settings: dict[str, Any] | None = None
     occlusion_per_modality: dict[str, sitk.Image] | None = None  # one channel occluded at a time
+    occlusion_model_space: np.ndarray | None = None  # the map on the network's input grid (z, y, x)
     reference: sitk.Image | None = None
     event_to_reference: sitk.Transform | None = None  # ITK convention: maps reference points to event points
     preprocessed: Any = None
@@ -194,6 +195,7 @@ def predict_case(
         target = bundle.class_names.index(prediction.label)
         result = occlusion_sensitivity(models, image, occlusion, target_class=target, device=run_device,
                                        modality_names=bundle.modalities, progress=report.sub(share, 0.98))
+        prediction.occlusion_model_space = result.sensitivity
         prediction.occlusion = prepared.to_reference(result.sensitivity)
         if result.per_modality:
             prediction.occlusion_per_modality = {m: prepared.to_reference(a) for m, a in result.per_modality.items()}
