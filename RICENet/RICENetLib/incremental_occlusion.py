@@ -62,18 +62,35 @@ class _Conv:
     padding: Triple
     relu: bool
 
-    def full(self, x: torch.Tensor) -> torch.Tensor:
+    def full(self, x: torch.Tensor, tally: "_Tally") -> torch.Tensor:
         y = F.conv3d(x, self.weight, self.bias, self.stride, self.padding)
+        tally.conv(self.weight, y)
         return y.relu_() if self.relu else y
 
-    def tile(self, x: torch.Tensor) -> torch.Tensor:
+    def tile(self, x: torch.Tensor, tally: "_Tally") -> torch.Tensor:
         """Apply to a tile that already carries its padding (no implicit zero padding)."""
         y = F.conv3d(x, self.weight, self.bias, self.stride, 0)
+        tally.conv(self.weight, y)
         return y.relu_() if self.relu else y
 
     def to(self, device: torch.device, dtype: torch.dtype) -> "_Conv":
         return _Conv(self.weight.to(device, dtype), self.bias.to(device, dtype), self.kernel, self.stride,
                      self.padding, self.relu)
+
+
+class _Tally:
+    """FLOPs of the convolutions and the linear head as they run, counted like
+    :class:`torch.utils.flop_counter.FlopCounterMode` (2 per multiply-add, no bias),
+    cheap enough to keep on; the benchmark reads it on the meta device."""
+
+    def __init__(self) -> None:
+        self.flops = 0
+
+    def conv(self, weight: torch.Tensor, out: torch.Tensor) -> None:
+        self.flops += 2 * out.numel() * int(np.prod(weight.shape[1:]))
+
+    def linear(self, weight: torch.Tensor, rows: int) -> None:
+        self.flops += 2 * rows * weight.numel()
 
 
 @dataclass(frozen=True)
@@ -344,38 +361,74 @@ def _gather(state: _State, origin: np.ndarray, size: Sequence[int], pad: float) 
 
     Values come from the box's recomputed window where the tile overlaps it and
     from the cache elsewhere (the window covers everything the box changed).
-    Per-box slice copies: on a CPU far cheaper than a batched advanced-index
-    gather, and few enough kernel launches on a GPU.
     """
+    cache = state.cache
+    if cache.device.type == "cpu" and cache.dtype in (torch.float32, torch.float64):
+        return _gather_slices(state, origin, size, pad)
+    return _gather_indexed(state, origin, size, pad)
+
+
+def _gather_slices(state: _State, origin: np.ndarray, size: Sequence[int], pad: float) -> torch.Tensor:
+    """CPU: per-box slice copies through numpy views -- single-threaded memcpy, where torch's
+    OpenMP copies of many small slices crawl when the cores are shared."""
     cache = state.cache[0]
     spatial = cache.shape[1:]
     size = [int(n) for n in size]
     origin = np.asarray(origin, dtype=np.int64)
-    inside = (origin >= 0).all() and (origin + size <= np.asarray(spatial)).all()
-    shape = (len(origin), cache.shape[0], *size)
-    tiles = cache.new_empty(shape) if inside else cache.new_full(shape, pad)
-    # On a CPU, copy through numpy views: a single-threaded memcpy, where torch's
-    # OpenMP copy of many small slices crawls when the cores are shared.
-    on_cpu = cache.device.type == "cpu" and cache.dtype in (torch.float32, torch.float64)
-    src_map, dst = (cache.numpy(), tiles.numpy()) if on_cpu else (cache, tiles)
-    window = None
-    if state.window is not None:
-        window = state.window.numpy() if on_cpu else state.window
-        wsize = state.window.shape[2:]
+    tiles = cache.new_empty((len(origin), cache.shape[0], *size))
+    src_map, dst = cache.numpy(), tiles.numpy()
+    if not ((origin >= 0).all() and (origin + size <= np.asarray(spatial)).all()):
+        dst.fill(pad)
+    window = None if state.window is None else state.window.numpy()
     for b, o in enumerate(origin.tolist()):
         src = tuple(slice(max(o[d], 0), min(o[d] + size[d], spatial[d])) for d in range(3))
         if all(s.start < s.stop for s in src):
             to = tuple(slice(s.start - o[d], s.stop - o[d]) for d, s in enumerate(src))
             dst[(b, slice(None)) + to] = src_map[(slice(None),) + src]
         if window is not None:
-            w = state.start[b]
-            lo = [max(o[d], int(w[d])) for d in range(3)]
-            hi = [min(o[d] + size[d], int(w[d]) + wsize[d]) for d in range(3)]
+            w = state.start[b].tolist()
+            lo = [max(o[d], w[d]) for d in range(3)]
+            hi = [min(o[d] + size[d], w[d] + window.shape[2 + d]) for d in range(3)]
             if all(a < c for a, c in zip(lo, hi)):
                 to = tuple(slice(lo[d] - o[d], hi[d] - o[d]) for d in range(3))
-                src_w = tuple(slice(lo[d] - int(w[d]), hi[d] - int(w[d])) for d in range(3))
+                src_w = tuple(slice(lo[d] - w[d], hi[d] - w[d]) for d in range(3))
                 dst[(b, slice(None)) + to] = window[(b, slice(None)) + src_w]
     return tiles
+
+
+def _gather_indexed(state: _State, origin: np.ndarray, size: Sequence[int], pad: float) -> torch.Tensor:
+    """GPU (and meta): one batched advanced-index gather -- a handful of kernels per call
+    instead of two small copies per box."""
+    cache = state.cache[0]
+    device = cache.device
+    spatial = cache.shape[1:]
+    size = [int(n) for n in size]
+    index_device = device if device.type != "meta" else torch.device("cpu")
+    origin_t = torch.as_tensor(np.asarray(origin, dtype=np.int64), device=index_device)
+    index = [origin_t[:, d, None] + torch.arange(size[d], device=index_device) for d in range(3)]  # (B, n_d)
+
+    def grid(parts):
+        return parts[0][:, :, None, None], parts[1][:, None, :, None], parts[2][:, None, None, :]
+
+    def on_device(parts):
+        return [p.to(device) for p in parts] if index_device != device else parts
+
+    clamped = on_device([index[d].clamp(0, spatial[d] - 1) for d in range(3)])
+    tiles = cache[(slice(None),) + grid(clamped)].transpose(0, 1)  # (B, C, *size)
+    if state.window is not None:
+        wsize = state.window.shape[2:]
+        start = torch.as_tensor(state.start, device=index_device)
+        rel = [index[d] - start[:, d, None] for d in range(3)]
+        inside = on_device([(rel[d] >= 0) & (rel[d] < wsize[d]) for d in range(3)])
+        relc = on_device([rel[d].clamp(0, wsize[d] - 1) for d in range(3)])
+        batch = torch.arange(len(origin_t), device=device)[:, None, None, None]
+        values = state.window[(batch, slice(None)) + grid(relc)]  # (B, *size, C)
+        mask = inside[0][:, :, None, None] & inside[1][:, None, :, None] & inside[2][:, None, None, :]
+        tiles = torch.where(mask[:, None], values.permute(0, 4, 1, 2, 3), tiles)
+    valid = on_device([(index[d] >= 0) & (index[d] < spatial[d]) for d in range(3)])
+    mask = valid[0][:, :, None, None] & valid[1][:, None, :, None] & valid[2][:, None, None, :]
+    tiles = torch.where(mask[:, None], tiles, torch.full((), pad, dtype=tiles.dtype, device=device))
+    return tiles.contiguous()
 
 
 class IncrementalRunner:
@@ -389,6 +442,7 @@ class IncrementalRunner:
             raise ValueError(f"image of shape {tuple(image.shape)} does not fit a {net.in_channels}-channel network")
         self.net = net.to(image.device, image.dtype)
         self.geometry = _Geometry(self.net, image.shape[1:])
+        self.tally = _Tally()  # FLOPs run so far: the unoccluded pass, then every box
         with torch.inference_mode():
             self._caches, self.base_logits = self._full(image[None])
 
@@ -396,16 +450,16 @@ class IncrementalRunner:
     def _full(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         net = self.net
         caches = [x]
-        y = net.stem.full(x)
+        y = net.stem.full(x, self.tally)
         if net.pool is not None:
             y = F.max_pool3d(y, net.pool.kernel, net.pool.stride, net.pool.padding)
         caches.append(y)
         for block in net.blocks:
             block_in = y
             for conv in block.main[:-1]:
-                y = conv.full(y)
+                y = conv.full(y, self.tally)
                 caches.append(y)
-            y = block.main[-1].full(y)
+            y = block.main[-1].full(y, self.tally)
             y = (y + self._shortcut_full(block.shortcut, block_in)).relu_()
             caches.append(y)
         for cache, size in zip(caches, self.geometry.sizes):
@@ -414,23 +468,23 @@ class IncrementalRunner:
         self._pool_count = float(np.prod(y.shape[2:]))
         return caches, self._head(self._pool_sum[None] / self._pool_count)[0]
 
-    @staticmethod
-    def _shortcut_full(short, x: torch.Tensor) -> torch.Tensor:
+    def _shortcut_full(self, short, x: torch.Tensor) -> torch.Tensor:
         if short is None:
             return x
         if isinstance(short, _Conv):
-            return short.full(x)
+            return short.full(x, self.tally)
         return _zero_pad_channels(x[:, :, :: short.stride[0], :: short.stride[1], :: short.stride[2]], short.out_channels)
 
     def _head(self, pooled: torch.Tensor) -> torch.Tensor:
         pooled = pooled.to(self.net.stem.weight.dtype)
         if self.net.fc_weight is None:
             return pooled
+        self.tally.linear(self.net.fc_weight, pooled.shape[0])
         return F.linear(pooled, self.net.fc_weight, self.net.fc_bias)
 
     # -- occluded boxes --------------------------------------------------------------------------
     def signature(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Per-box window sizes of every state, (N, 3 * states): boxes sorted by it batch without waste."""
+        """Per-box window sizes of every state, shallow to deep, (N, 3 * states): the key to sort boxes into batches."""
         return np.concatenate([np.maximum(h - l, 0) for l, h in self.geometry.intervals(lo, hi)[1:]], axis=1)
 
     def logits(self, box_start: np.ndarray, patches: torch.Tensor, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
@@ -467,7 +521,7 @@ class IncrementalRunner:
             conv_origin, conv_size = start, extent
         origin = conv_origin * np.asarray(stem.stride) - np.asarray(stem.padding)
         size = [(e - 1) * s + k for e, s, k in zip(conv_size, stem.stride, stem.kernel)]
-        y = stem.tile(_gather(state, origin, size, 0.0))
+        y = stem.tile(_gather(state, origin, size, 0.0), self.tally)
         if net.pool is not None:
             y = _mask_outside(y, conv_origin, geo.stem_size, float("-inf"))
             y = F.max_pool3d(y, pool.kernel, pool.stride, 0)
@@ -495,18 +549,16 @@ class IncrementalRunner:
         extent, start = self._window(interval, size)
         return _State(cache, self._conv_window(conv, state, start, extent), start)
 
-    @staticmethod
-    def _conv_window(conv: _Conv, state: _State, start: np.ndarray, extent: list[int]) -> torch.Tensor:
+    def _conv_window(self, conv: _Conv, state: _State, start: np.ndarray, extent: list[int]) -> torch.Tensor:
         origin = start * np.asarray(conv.stride) - np.asarray(conv.padding)
         size = [(e - 1) * s + k for e, s, k in zip(extent, conv.stride, conv.kernel)]
-        return conv.tile(_gather(state, origin, size, 0.0))
+        return conv.tile(_gather(state, origin, size, 0.0), self.tally)
 
-    @staticmethod
-    def _shortcut_window(short, state: _State, start: np.ndarray, extent: list[int]) -> torch.Tensor:
+    def _shortcut_window(self, short, state: _State, start: np.ndarray, extent: list[int]) -> torch.Tensor:
         if short is None:
             return _gather(state, start, extent, 0.0)
         if isinstance(short, _Conv):
-            return IncrementalRunner._conv_window(short, state, start, extent)
+            return self._conv_window(short, state, start, extent)
         stride = short.stride
         origin = start * np.asarray(stride)
         size = [(e - 1) * s + 1 for e, s in zip(extent, stride)]

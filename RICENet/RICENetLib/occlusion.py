@@ -388,9 +388,10 @@ class _Incremental:
         self.base_logits = self.runner.base_logits
 
     def order(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Boxes with equal window sizes next to each other, so batches waste no voxels."""
-        signature = self.runner.signature(lo, hi)
-        return np.lexsort(signature.T[::-1])
+        """Boxes with equal window sizes next to each other, so that a batch (computed at its
+        largest window per layer) wastes little; the deepest layers, whose windows are the
+        largest and vary most near the borders, are the primary keys."""
+        return np.lexsort(self.runner.signature(lo, hi).T)
 
     def logits(self, starts, patches, lo, hi) -> torch.Tensor:
         return self.runner.logits(starts, patches, lo, hi)
