@@ -1,0 +1,257 @@
+"""Benchmark: occlusion sensitivity, incremental engine against brute force and MONAI (issue 7).
+
+    python benchmarks/occlusion.py                 # CPU: FLOPs, 96³ vs MONAI (ROI), presets, 224³ estimate
+    python benchmarks/occlusion.py --quick         # smaller samples, a couple of minutes
+    python benchmarks/occlusion.py --device cuda   # GPU: also runs the full 224³ five-fold map
+    python benchmarks/occlusion.py --full96        # 96³ comparison over the whole grid (MONAI: ~30 min on 2 cores)
+
+Prints
+1. FLOPs per occluded box of a 224³, mask-16, stride-8 map, counted while the
+   incremental engine runs its real batches on the meta device (shapes only, no
+   arithmetic) by the engine's FLOP tally -- checked equal to
+   ``torch.utils.flop_counter`` on a batch -- against one full forward pass of
+   the same network counted by ``FlopCounterMode`` (target: >= 30x fewer). All
+   batches by default (each distinct batch shape run once), 32 random batches
+   with ``--quick``;
+2. wall clock of MONAI's ``OcclusionSensitivity`` and of our engines at 96³ on
+   the same network, input and settings (mask 16, overlap 0.5 = stride 8), maps
+   compared in the same run (target: >= 10x faster). By default over the ROI
+   [0, 48)³ (MONAI's ``b_box``; 216 boxes, border and interior ones like the
+   whole grid) so that MONAI finishes in minutes; ``--quick``: [0, 24)³, 27 boxes;
+3. forward passes (boxes) of each preset at 224³;
+4. the time of a full 224³ five-fold map at the "standard" preset: measured on
+   CUDA (or with ``--full``), otherwise estimated from the unoccluded pass and a
+   random sample of boxes, and printed as an ESTIMATE.
+
+Network: MONAI resnet18, 3 channels, 2 classes, conv1_t_stride=1 (the
+project's), random weights with random BatchNorm statistics (eval mode);
+input: Gaussian noise, so no box can be skipped as unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from RICENetLib.incremental_occlusion import compile_network
+from RICENetLib.occlusion import (
+    OCCLUSION_PRESETS,
+    OcclusionSettings,
+    _Incremental,
+    box_grid,
+    count_boxes,
+    occlusion_sensitivity,
+)
+
+
+def network(seed: int, device: torch.device) -> torch.nn.Module:
+    from monai.networks.nets import resnet18
+
+    torch.manual_seed(seed)
+    model = resnet18(spatial_dims=3, n_input_channels=3, num_classes=2)
+    g = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+            module.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    return model.eval().to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def real_batches(order_of, grid, batch: int, sample_batches: int | None, seed: int) -> list[np.ndarray]:
+    """The batches a full run would evaluate (boxes sorted by window sizes), or a random few of them."""
+    starts = grid.starts
+    order = order_of(starts, starts + np.asarray(grid.mask))
+    batches = [order[i:i + batch] for i in range(0, len(order), batch)]
+    if sample_batches is not None and sample_batches < len(batches):
+        picked = np.random.default_rng(seed).choice(len(batches), sample_batches, replace=False)
+        batches = [batches[i] for i in sorted(picked)]
+    return batches
+
+
+def flops_per_box(size: int, settings: OcclusionSettings, batch: int, sample_batches: int | None) -> None:
+    model = network(0, torch.device("cpu"))
+    meta_model = copy.deepcopy(model).to("meta")
+    with FlopCounterMode(display=False) as full, torch.inference_mode():
+        meta_model(torch.zeros(1, 3, size, size, size, device="meta"))
+    x = torch.zeros(3, size, size, size, device="meta")
+    evaluator = _Incremental(compile_network(model).to("meta", torch.float32), x)  # what a real run uses
+    grid = box_grid(x.shape[1:], settings)
+    batches = real_batches(evaluator.order, grid, batch, sample_batches, 0)
+    # A batch's FLOPs depend only on its size and its window extents per layer: count each
+    # distinct (size, extents) once by running the engine on it, and weight by how often it occurs.
+    runner = evaluator.runner
+    mask = np.asarray(grid.mask)
+    shapes: dict[tuple, list] = {}
+    for part in batches:
+        starts = grid.starts[part]
+        extents = tuple(tuple(runner._window(interval, size)[0])
+                        for interval, size in zip(runner.geometry.intervals(starts, starts + mask)[1:],
+                                                  runner.geometry.sizes[1:]))
+        shapes.setdefault((len(part), extents), [part, 0])[1] += 1
+    total = 0
+    for part, times in shapes.values():
+        starts = grid.starts[part]
+        before = runner.tally.flops
+        evaluator.logits(starts, torch.zeros(len(part), 3, *grid.mask, device="meta"), starts, starts + mask)
+        total += (runner.tally.flops - before) * times
+    # the engine's own tally agrees with torch's FLOP counter (checked on one batch)
+    part = batches[len(batches) // 2]
+    starts = grid.starts[part]
+    before = runner.tally.flops
+    with FlopCounterMode(display=False) as check:
+        evaluator.logits(starts, torch.zeros(len(part), 3, *grid.mask, device="meta"), starts, starts + mask)
+    assert check.get_total_flops() == runner.tally.flops - before, "tally and FlopCounterMode disagree"
+    counted = sum(len(part) for part in batches)
+    per_box = total / counted
+    forward = full.get_total_flops()
+    what = "all" if counted == grid.count else f"{counted} (random batches of the run) of the"
+    print(f"[1] FLOPs at {size}^3, mask {grid.mask[0]}, stride {grid.stride[0]} ({what} {grid.count} boxes, "
+          f"batches of {batch}; counted on the meta device by the engine's FLOP tally, which equals "
+          f"torch.utils.flop_counter's count, once per distinct batch shape ({len(shapes)}) x its occurrences):")
+    print(f"    full forward pass (MONAI resnet18): {forward / 1e12:.3f} TFLOP")
+    print(f"    incremental, per occluded box:      {per_box / 1e9:.1f} GFLOP  -> {forward / per_box:.1f}x fewer "
+          f"(target >= 30x)")
+    print(f"    + once per model, the unoccluded pass that fills the cache: {forward / 1e12:.3f} TFLOP")
+
+
+def compare_96(device: torch.device, batch: int, roi_stop: int | None) -> None:
+    from monai.visualize import OcclusionSensitivity
+
+    size = 96
+    model = network(1, device)
+    x = torch.randn(3, size, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+    roi = None if roi_stop is None else ((0, roi_stop),) * 3
+    settings = OcclusionSettings(mask_size=16, overlap=0.5, mode="gaussian", roi=roi, batch_size=batch)
+    boxes = count_boxes(x.shape[1:], settings)
+    where = "whole image" if roi is None else f"ROI {roi[0]} per axis (MONAI b_box)"
+    print(f"[2] 96^3, mask 16, overlap 0.5 (stride 8), gaussian fill, {where}: {boxes} boxes, batch {batch}, "
+          f"device {device}, {torch.get_num_threads()} threads")
+
+    occlusion = OcclusionSensitivity(model, mask_size=16, n_batch=batch, verbose=False, mode="gaussian",
+                                     overlap=0.5, activate=lambda out: out.softmax(1))
+    b_box = None if roi is None else [v for pair in roi for v in pair]
+    sync(device)
+    began = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        occluded, _ = occlusion(x[None], b_box=b_box)
+    sync(device)
+    monai_seconds = time.perf_counter() - began
+
+    results = {}
+    for engine in ("incremental", "brute"):
+        sync(device)
+        began = time.perf_counter()
+        results[engine] = occlusion_sensitivity([model], x, OcclusionSettings(**{**settings.to_dict(), "engine": engine}))
+        sync(device)
+        results[engine].seconds = time.perf_counter() - began
+    target = results["incremental"].target_class
+    with torch.inference_mode():
+        p0 = model(x[None]).softmax(1)[0, target]
+    theirs = (p0 - torch.as_tensor(occluded)[0, target]).cpu().numpy()
+    inside = tuple(slice(None) for _ in range(3)) if roi is None else tuple(slice(a, b) for a, b in roi)
+    fast = results["incremental"]
+    print(f"    MONAI OcclusionSensitivity: {monai_seconds:8.1f} s")
+    for engine, result in results.items():
+        gap = float(np.abs(result.sensitivity[inside] - theirs).max())
+        print(f"    ours, {engine:11s}:       {result.seconds:8.1f} s   max |map - MONAI's| = {gap:.1e} "
+              f"(map range {float(np.abs(theirs).max()):.1e})")
+    print(f"    speed-up of the incremental engine over MONAI: {monai_seconds / fast.seconds:.1f}x (target >= 10x); "
+          f"over our brute force: {results['brute'].seconds / fast.seconds:.1f}x")
+
+
+def presets(size: int) -> None:
+    print(f"[3] forward passes (occluded boxes) per map at {size}^3 -- brute force runs the whole network for each; "
+          "x5 for five folds, x4 with per-modality maps:")
+    for name, settings in OCCLUSION_PRESETS.items():
+        boxes = count_boxes((size,) * 3, settings)
+        print(f"    {name:9s} mask {settings.mask_size}, stride {settings.stride}: {boxes:6d} per model, "
+              f"{5 * boxes:7d} five folds, {20 * boxes:7d} five folds per-modality")
+
+
+def full_224(device: torch.device, batch: int, estimate: bool, sample: int, folds: int = 5) -> None:
+    size = 224
+    settings = OCCLUSION_PRESETS["standard"]
+    grid = box_grid((size,) * 3, settings)
+    x = torch.randn(3, size, size, size, generator=torch.Generator().manual_seed(2)).to(device)
+    if not estimate:
+        models = [network(10 + f, device) for f in range(folds)]
+        sync(device)
+        began = time.perf_counter()
+        result = occlusion_sensitivity(models, x, OcclusionSettings(**{**settings.to_dict(), "batch_size": batch}))
+        sync(device)
+        seconds = time.perf_counter() - began
+        print(f"[4] full {size}^3 {folds}-fold map, 'standard' preset ({grid.count} boxes per model, batch {batch}), "
+              f"{device}: MEASURED {seconds:.1f} s ({result.engine}; {result.forward_passes} box evaluations)")
+        return
+    model = network(10, device)
+    net = compile_network(model)
+    sync(device)
+    began = time.perf_counter()
+    evaluator = _Incremental(net.to(device, torch.float32), x)
+    sync(device)
+    cache_seconds = time.perf_counter() - began
+    batches = real_batches(evaluator.order, grid, batch, max(sample // batch, 1), 1)
+    patches = torch.randn(batch, 3, *grid.mask, generator=torch.Generator().manual_seed(3)).to(device)
+    mask = np.asarray(grid.mask)
+    warm = grid.starts[batches[0][:2]]
+    evaluator.logits(warm, patches[:2], warm, warm + mask)  # warm-up
+    sync(device)
+    began = time.perf_counter()
+    for part in batches:
+        starts = grid.starts[part]
+        evaluator.logits(starts, patches[:len(part)], starts, starts + mask)
+    sync(device)
+    sample = sum(len(part) for part in batches)
+    per_box = (time.perf_counter() - began) / sample
+    total = folds * (cache_seconds + grid.count * per_box)
+    print(f"[4] full {size}^3 {folds}-fold map, 'standard' preset ({grid.count} boxes per model), {device}, "
+          f"{torch.get_num_threads()} threads:")
+    print(f"    measured: unoccluded pass + cache {cache_seconds:.1f} s per model; {per_box:.3f} s per box "
+          f"({sample} boxes: random batches of the real run, batch {batch})")
+    print(f"    ESTIMATE (not measured): {total:.0f} s = {total / 3600:.2f} h for {folds} folds "
+          f"({folds} x ({cache_seconds:.1f} s + {grid.count} x {per_box:.3f} s))")
+    print(f"    brute force ESTIMATE: {folds * grid.count * cache_seconds / 3600:.0f} h "
+          f"({folds * grid.count} forward passes of ~{cache_seconds:.1f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="small samples: a couple of minutes on 2 cores")
+    parser.add_argument("--skip-full", action="store_true", help="estimate the 224^3 five-fold time from a sample")
+    parser.add_argument("--full", action="store_true", help="run the 224^3 five-fold map even on a CPU (hours)")
+    parser.add_argument("--full96", action="store_true", help="compare with MONAI over the whole 96^3 grid")
+    parser.add_argument("--batch", type=int, default=None, help="boxes per batch (default 8 on CPU, 32 on CUDA)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    batch = args.batch or (32 if device.type == "cuda" else 8)
+    print(f"torch {torch.__version__}, device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+          + f", {torch.get_num_threads()} CPU threads")
+    flops_per_box(224, OCCLUSION_PRESETS["standard"], batch, 32 if args.quick else None)
+    compare_96(device, batch, None if args.full96 else (24 if args.quick else 48))
+    presets(224)
+    estimate = args.skip_full or (device.type == "cpu" and not args.full)
+    full_224(device, batch, estimate, 8 if args.quick else 32)
+
+
+if __name__ == "__main__":
+    main()
