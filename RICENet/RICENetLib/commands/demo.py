@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--input-size", type=int, default=40, help="network input size in voxels (default 40)")
     parser.add_argument("--spacing", type=float, default=5.0, help="model-space voxel size in mm (default 5)")
-    parser.add_argument("--occlusion", default="standard", help="occlusion preset for the held-out case (default standard)")
+    parser.add_argument("--occlusion-mask", type=int, default=8, help="occlusion box edge in model voxels (default 8)")
+    parser.add_argument("--occlusion-stride", type=int, default=4, help="step between occlusion boxes (default 4)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
@@ -74,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
         print("(reusing the trained bundle)")
 
     prediction_dir = out / "prediction"
-    step(f"3/3 classifying held-out patient {held_out.patient_id} with a '{args.occlusion}' occlusion map → {prediction_dir}")
+    step(f"3/3 classifying held-out patient {held_out.patient_id} with an occlusion map (box {args.occlusion_mask}, stride {args.occlusion_stride}) → {prediction_dir}")
     p = held_out.paths
     code = ricenet(["predict", "--bundle", str(bundle), "--postop", str(p["postop"]), "--event", str(p["event"]),
-                    "--dose", str(p["dose"]), "--out", str(prediction_dir), "--occlusion", args.occlusion,
+                    "--dose", str(p["dose"]), "--out", str(prediction_dir), "--occlusion", "standard",
+                    "--occlusion-mask", str(args.occlusion_mask), "--occlusion-stride", str(args.occlusion_stride),
                     "--device", args.device, "--overwrite"])
     if code:
         return code

@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per case with --cohort)")
     parser.add_argument("--occlusion", nargs="?", const="standard", default=None, metavar="PRESET",
                         help="also compute the occlusion heatmap (preset quick, standard or fine; default standard)")
+    parser.add_argument("--occlusion-mask", type=int, default=None, metavar="VOX",
+                        help="with --occlusion: box edge in model voxels instead of the preset's (presets suit 224³ inputs)")
+    parser.add_argument("--occlusion-stride", type=int, default=None, metavar="VOX",
+                        help="with --occlusion: step between boxes in model voxels instead of the preset's")
     parser.add_argument("--per-modality", action="store_true",
                         help="with --occlusion: also one map per channel (occlude one modality at a time)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -50,10 +54,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("Give --postop, --event and --dose (or --cohort CSV).")
     bundle = load_bundle(args.bundle)
     occlusion = resolve_occlusion(args.occlusion)
-    if args.per_modality:
+    changes = {key: value for key, value in (("per_modality", args.per_modality or None),
+                                             ("mask_size", args.occlusion_mask), ("stride", args.occlusion_stride))
+               if value is not None}
+    if changes:
         if occlusion is None:
-            raise InputError("--per-modality needs --occlusion.")
-        occlusion = dataclasses.replace(occlusion, per_modality=True)
+            flags = {"per_modality": "--per-modality", "mask_size": "--occlusion-mask", "stride": "--occlusion-stride"}
+            raise InputError(f"{', '.join(flags[k] for k in changes)} need(s) --occlusion.")
+        occlusion = dataclasses.replace(occlusion, **changes)
     options = dict(device=args.device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
 
     if not args.cohort:
