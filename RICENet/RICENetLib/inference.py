@@ -24,14 +24,17 @@ from .errors import InputError
 from .progress import as_progress
 
 
-def select_device(name: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"`` picks CUDA, then Apple MPS, then the CPU; a named device must exist."""
+def select_device(name: str | torch.device | None = None, auto_mps: bool = True) -> torch.device:
+    """``None``/``"auto"`` picks CUDA, then Apple MPS (unless ``auto_mps`` is off), then the CPU.
+
+    A named device must exist; the error says what to choose instead.
+    """
     if isinstance(name, torch.device):
         return name
     if name in (None, "", "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if auto_mps and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:

@@ -182,18 +182,10 @@ class TrainingResult:
 
 
 def resolve_device(request: str) -> torch.device:
-    """``auto`` is the first CUDA GPU when there is one, else the CPU."""
-    if request == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(request)
-    except RuntimeError:
-        raise InputError(f"Unknown device '{request}'; use auto, cpu, cuda, cuda:N or mps.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"Device '{request}' asked for, but this PyTorch ({torch.__version__}) sees no CUDA GPU.")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"Device '{request}' asked for, but Apple MPS is not available here.")
-    return device
+    """``auto`` is the first CUDA GPU when there is one, else the CPU (training never picks MPS by itself)."""
+    from RICENetLib.inference import select_device
+
+    return select_device(request, auto_mps=False)
 
 
 def derive_seed(*parts: Any) -> int:
