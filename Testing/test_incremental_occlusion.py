@@ -15,29 +15,10 @@ import torch
 from RICENetLib.incremental_occlusion import IncrementalRunner, UnsupportedNetwork, compile_network
 from RICENetLib.occlusion import OcclusionSettings, _changed_box, _Fill, box_grid, occlusion_sensitivity
 
+from test_occlusion import one_thread, randomise_bn as _randomise_bn  # noqa: F401 - the fixture applies here too
+
 nets = pytest.importorskip("monai.networks.nets")
 MODES = ("gaussian", "mean_patch", "mean_img", -0.7)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions: one thread is as fast, and far faster when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _randomise_bn(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm3d):
-            n = module.num_features
-            module.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-            module.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            module.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-    return model.eval()
 
 
 ARCHITECTURES = {

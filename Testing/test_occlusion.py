@@ -39,7 +39,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _randomise_bn(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+def randomise_bn(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Eval-mode BN with non-trivial statistics, so folding it is really exercised."""
     g = torch.Generator().manual_seed(seed)
     for module in model.modules():
@@ -56,7 +56,7 @@ def small_resnet(channels: int = 2, seed: int = 0, **kwargs) -> torch.nn.Module:
     """resnet18's structure at an eighth of its width (8..64 channels): same code paths, fast."""
     torch.manual_seed(seed)
     kwargs.setdefault("widen_factor", 0.125)
-    return _randomise_bn(monai_nets.resnet18(spatial_dims=3, n_input_channels=channels, num_classes=2, **kwargs), seed)
+    return randomise_bn(monai_nets.resnet18(spatial_dims=3, n_input_channels=channels, num_classes=2, **kwargs), seed)
 
 
 def image(channels: int = 2, size=24, seed: int = 0, zero_border: int = 0) -> torch.Tensor:
@@ -146,7 +146,7 @@ def test_maps_match_monai(mode, mask, overlap, roi, zero):
 
 
 def test_full_width_resnet18_matches_monai():
-    model = _randomise_bn(monai_nets.resnet18(spatial_dims=3, n_input_channels=3, num_classes=2), 3)
+    model = randomise_bn(monai_nets.resnet18(spatial_dims=3, n_input_channels=3, num_classes=2), 3)
     x = image(channels=3, size=(24, 20, 24), seed=3)
     settings = OcclusionSettings(mask_size=12, overlap=0.0, engine="incremental")
     ours = occlusion_sensitivity([model], x, settings)

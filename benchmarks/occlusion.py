@@ -13,15 +13,18 @@ Prints
    the same network counted by ``FlopCounterMode`` (target: >= 30x fewer). All
    batches by default (each distinct batch shape run once), 32 random batches
    with ``--quick``;
-2. wall clock of MONAI's ``OcclusionSensitivity`` and of our engines at 96³ on
+2. wall clock of MONAI's ``OcclusionSensitivity`` and of our engine(s) at 96³ on
    the same network, input and settings (mask 16, overlap 0.5 = stride 8), maps
    compared in the same run (target: >= 10x faster). By default over the ROI
    [0, 48)³ (MONAI's ``b_box``; 216 boxes, border and interior ones like the
    whole grid) so that MONAI finishes in minutes; ``--quick``: [0, 24)³, 27 boxes;
-3. forward passes (boxes) of each preset at 224³;
+3. forward passes (boxes) of each preset at 224³, and what the incremental
+   engine costs for it in forward-pass equivalents;
 4. the time of a full 224³ five-fold map at the "standard" preset: measured on
    CUDA (or with ``--full``), otherwise estimated from the unoccluded pass and a
-   random sample of boxes, and printed as an ESTIMATE.
+   random sample of boxes, and printed as an ESTIMATE;
+5. (not with ``--quick``) how many boxes of a preprocessed synthetic case are
+   skipped because they change no voxel (background), per fill mode.
 
 Network: MONAI resnet18, 3 channels, 2 classes, conv1_t_stride=1 (the
 project's), random weights with random BatchNorm statistics (eval mode);
@@ -84,51 +87,22 @@ def real_batches(order_of, grid, batch: int, sample_batches: int | None, seed: i
 
 def flops_per_box(size: int, settings: OcclusionSettings, batch: int, sample_batches: int | None) -> None:
     model = network(0, torch.device("cpu"))
-    meta_model = copy.deepcopy(model).to("meta")
     with FlopCounterMode(display=False) as full, torch.inference_mode():
-        meta_model(torch.zeros(1, 3, size, size, size, device="meta"))
-    x = torch.zeros(3, size, size, size, device="meta")
-    evaluator = _Incremental(compile_network(model).to("meta", torch.float32), x)  # what a real run uses
-    grid = box_grid(x.shape[1:], settings)
-    batches = real_batches(evaluator.order, grid, batch, sample_batches, 0)
-    # A batch's FLOPs depend only on its size and its window extents per layer: count each
-    # distinct (size, extents) once by running the engine on it, and weight by how often it occurs.
-    runner = evaluator.runner
-    mask = np.asarray(grid.mask)
-    shapes: dict[tuple, list] = {}
-    for part in batches:
-        starts = grid.starts[part]
-        extents = tuple(tuple(runner._window(interval, size)[0])
-                        for interval, size in zip(runner.geometry.intervals(starts, starts + mask)[1:],
-                                                  runner.geometry.sizes[1:]))
-        shapes.setdefault((len(part), extents), [part, 0])[1] += 1
-    total = 0
-    for part, times in shapes.values():
-        starts = grid.starts[part]
-        before = runner.tally.flops
-        evaluator.logits(starts, torch.zeros(len(part), 3, *grid.mask, device="meta"), starts, starts + mask)
-        total += (runner.tally.flops - before) * times
-    # the engine's own tally agrees with torch's FLOP counter (checked on one batch)
-    part = batches[len(batches) // 2]
-    starts = grid.starts[part]
-    before = runner.tally.flops
-    with FlopCounterMode(display=False) as check:
-        evaluator.logits(starts, torch.zeros(len(part), 3, *grid.mask, device="meta"), starts, starts + mask)
-    assert check.get_total_flops() == runner.tally.flops - before, "tally and FlopCounterMode disagree"
-    counted = sum(len(part) for part in batches)
-    per_box = total / counted
+        copy.deepcopy(model).to("meta")(torch.zeros(1, 3, size, size, size, device="meta"))
     forward = full.get_total_flops()
-    what = "all" if counted == grid.count else f"{counted} (random batches of the run) of the"
-    print(f"[1] FLOPs at {size}^3, mask {grid.mask[0]}, stride {grid.stride[0]} ({what} {grid.count} boxes, "
+    per_box, counted, shapes = incremental_flops(size, settings, batch, sample_batches, model)
+    total = count_boxes((size,) * 3, settings)
+    what = "all" if counted == total else f"{counted} (random batches of the run) of the"
+    print(f"[1] FLOPs at {size}^3, mask {settings.mask_size}, stride {settings.stride} ({what} {total} boxes, "
           f"batches of {batch}; counted on the meta device by the engine's FLOP tally, which equals "
-          f"torch.utils.flop_counter's count, once per distinct batch shape ({len(shapes)}) x its occurrences):")
-    print(f"    full forward pass (MONAI resnet18): {forward / 1e12:.3f} TFLOP")
+          f"torch.utils.flop_counter's count, once per distinct batch shape ({shapes}) x its occurrences):")
+    print(f"    full forward pass (MONAI resnet18, FlopCounterMode): {forward / 1e12:.3f} TFLOP")
     print(f"    incremental, per occluded box:      {per_box / 1e9:.1f} GFLOP  -> {forward / per_box:.1f}x fewer "
           f"(target >= 30x)")
     print(f"    + once per model, the unoccluded pass that fills the cache: {forward / 1e12:.3f} TFLOP")
 
 
-def compare_96(device: torch.device, batch: int, roi_stop: int | None) -> None:
+def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brute: bool) -> None:
     from monai.visualize import OcclusionSensitivity
 
     size = 96
@@ -153,7 +127,7 @@ def compare_96(device: torch.device, batch: int, roi_stop: int | None) -> None:
     monai_seconds = time.perf_counter() - began
 
     results = {}
-    for engine in ("incremental", "brute"):
+    for engine in ("incremental", "brute") if with_brute else ("incremental",):
         sync(device)
         began = time.perf_counter()
         results[engine] = occlusion_sensitivity([model], x, OcclusionSettings(**{**settings.to_dict(), "engine": engine}))
@@ -170,17 +144,88 @@ def compare_96(device: torch.device, batch: int, roi_stop: int | None) -> None:
         gap = float(np.abs(result.sensitivity[inside] - theirs).max())
         print(f"    ours, {engine:11s}:       {result.seconds:8.1f} s   max |map - MONAI's| = {gap:.1e} "
               f"(map range {float(np.abs(theirs).max()):.1e})")
-    print(f"    speed-up of the incremental engine over MONAI: {monai_seconds / fast.seconds:.1f}x (target >= 10x); "
-          f"over our brute force: {results['brute'].seconds / fast.seconds:.1f}x")
+    versus_brute = (f"; over our brute force: {results['brute'].seconds / fast.seconds:.1f}x" if with_brute else "")
+    print(f"    speed-up of the incremental engine over MONAI: {monai_seconds / fast.seconds:.1f}x "
+          f"(target >= 10x){versus_brute}")
 
 
-def presets(size: int) -> None:
-    print(f"[3] forward passes (occluded boxes) per map at {size}^3 -- brute force runs the whole network for each; "
-          "x5 for five folds, x4 with per-modality maps:")
+def incremental_flops(size: int, settings: OcclusionSettings, batch: int, sample_batches: int | None,
+                      model: torch.nn.Module) -> tuple[float, int, int]:
+    """(FLOPs per box, boxes counted, distinct batch shapes) of the engine's real batches, on the meta device."""
+    x = torch.zeros(3, size, size, size, device="meta")
+    evaluator = _Incremental(compile_network(model).to("meta", torch.float32), x)  # what a real run uses
+    runner = evaluator.runner
+    grid = box_grid(x.shape[1:], settings)
+    mask = np.asarray(grid.mask)
+    batches = real_batches(evaluator.order, grid, batch, sample_batches, 0)
+    # A batch's FLOPs depend only on its size and its window extents per layer: run each
+    # distinct (size, extents) once and weight it by how often it occurs.
+    shapes: dict[tuple, list] = {}
+    for part in batches:
+        starts = grid.starts[part]
+        extents = tuple(tuple(runner._window(interval, limit)[0])
+                        for interval, limit in zip(runner.geometry.intervals(starts, starts + mask)[1:],
+                                                   runner.geometry.sizes[1:]))
+        shapes.setdefault((len(part), extents), [part, 0])[1] += 1
+    total = 0
+    for part, times in shapes.values():
+        starts = grid.starts[part]
+        before = runner.tally.flops
+        evaluator.logits(starts, torch.zeros(len(part), 3, *grid.mask, device="meta"), starts, starts + mask)
+        total += (runner.tally.flops - before) * times
+    # the engine's own tally agrees with torch's FLOP counter (checked on one batch)
+    part = batches[len(batches) // 2]
+    starts = grid.starts[part]
+    before = runner.tally.flops
+    with FlopCounterMode(display=False) as check:
+        evaluator.logits(starts, torch.zeros(len(part), 3, *grid.mask, device="meta"), starts, starts + mask)
+    assert check.get_total_flops() == runner.tally.flops - before, "tally and FlopCounterMode disagree"
+    counted = sum(len(part) for part in batches)
+    return total / counted, counted, len(shapes)
+
+
+def presets(size: int, batch: int, quick: bool) -> None:
+    model = network(0, torch.device("cpu"))
+    with FlopCounterMode(display=False) as full, torch.inference_mode():
+        copy.deepcopy(model).to("meta")(torch.zeros(1, 3, size, size, size, device="meta"))
+    forward = full.get_total_flops()
+    print(f"[3] presets at {size}^3: boxes = forward passes per model for brute force (x5 five folds, x4 with "
+          "per-modality maps); the incremental engine's cost in forward-pass equivalents (FLOPs, sampled batches):")
     for name, settings in OCCLUSION_PRESETS.items():
         boxes = count_boxes((size,) * 3, settings)
-        print(f"    {name:9s} mask {settings.mask_size}, stride {settings.stride}: {boxes:6d} per model, "
-              f"{5 * boxes:7d} five folds, {20 * boxes:7d} five folds per-modality")
+        per_box, _, _ = incremental_flops(size, settings, batch, 8 if quick else 32, model)
+        print(f"    {name:9s} mask {settings.mask_size}, stride {settings.stride}: {boxes:6d} per model "
+              f"({5 * boxes} five folds, {20 * boxes} with per-modality maps); incremental: "
+              f"{per_box / 1e9:.0f} GFLOP per box = {boxes * per_box / forward + 1:.0f} forward-pass "
+              f"equivalents per model, cache pass included")
+
+
+def background_boxes(size: int) -> None:
+    """How many 'standard' boxes of a preprocessed synthetic case change nothing (skipped exactly)."""
+    from RICENetLib.occlusion import _changed_box, _Fill
+    from RICENetLib.preprocessing import PreprocessParameters, preprocess_case
+    from RICENetLib.synthetic import generate_case
+
+    try:
+        case = generate_case("B001", "recurrence", seed=3, spacing_mm=1.0)
+        prepared = preprocess_case(case.postop, case.event, case.dose, PreprocessParameters(input_size=size))
+    except Exception as error:  # another module's problem must not hide this benchmark's figures
+        print(f"[5] skipped: could not preprocess a synthetic case ({error})")
+        return
+    x = torch.from_numpy(np.stack([prepared.arrays[m] for m in ("postop", "event", "dose")]))
+    print(f"[5] a preprocessed synthetic case at {size}^3 (MRIs zero outside the brain; dose as planned): "
+          "boxes that change no voxel are skipped exactly")
+    for mode in ("gaussian", 0.0, "mean_img"):
+        settings = OcclusionSettings(**{**OCCLUSION_PRESETS["standard"].to_dict(), "mode": mode})
+        grid = box_grid(x.shape[1:], settings)
+        fill = _Fill(x, grid.mask, mode, None)
+        live = 0
+        for first in range(0, grid.count, 512):
+            starts = grid.starts[first:first + 512]
+            lo, hi = _changed_box(*fill.occlude(starts), starts)
+            live += int((lo < hi).all(axis=1).sum())
+        print(f"    fill {mode!s:9s}: {grid.count - live} of {grid.count} boxes skipped "
+              f"({100 * (grid.count - live) / grid.count:.0f}%)")
 
 
 def full_224(device: torch.device, batch: int, estimate: bool, sample: int, folds: int = 5) -> None:
@@ -236,6 +281,8 @@ def main() -> None:
     parser.add_argument("--skip-full", action="store_true", help="estimate the 224^3 five-fold time from a sample")
     parser.add_argument("--full", action="store_true", help="run the 224^3 five-fold map even on a CPU (hours)")
     parser.add_argument("--full96", action="store_true", help="compare with MONAI over the whole 96^3 grid")
+    parser.add_argument("--with-brute", action="store_true", help="also time our brute-force engine at 96^3 "
+                        "(always with --quick)")
     parser.add_argument("--batch", type=int, default=None, help="boxes per batch (default 8 on CPU, 32 on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
@@ -247,10 +294,12 @@ def main() -> None:
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + f", {torch.get_num_threads()} CPU threads")
     flops_per_box(224, OCCLUSION_PRESETS["standard"], batch, 32 if args.quick else None)
-    compare_96(device, batch, None if args.full96 else (24 if args.quick else 48))
-    presets(224)
+    compare_96(device, batch, None if args.full96 else (24 if args.quick else 48), args.quick or args.with_brute)
+    presets(224, batch, args.quick)
     estimate = args.skip_full or (device.type == "cpu" and not args.full)
     full_224(device, batch, estimate, 8 if args.quick else 32)
+    if not args.quick:
+        background_boxes(224)
 
 
 if __name__ == "__main__":

@@ -160,21 +160,22 @@ def _fold(conv: nn.Module, bn: Optional[nn.Module], relu: bool, what: str) -> _C
     _no_hooks(conv, what)
     if conv.groups != 1 or _triple(conv.dilation, what) != (1, 1, 1) or conv.padding_mode != "zeros":
         raise UnsupportedNetwork(f"{what}: grouped, dilated or non-zero-padded convolution")
-    weight = conv.weight.detach().to(torch.float64)
-    bias = (conv.bias.detach().to(torch.float64) if conv.bias is not None
-            else torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device))
+    # folded in float64 on the CPU (MPS has no float64), cast back to the model's dtype
+    weight = conv.weight.detach().cpu().to(torch.float64)
+    bias = (conv.bias.detach().cpu().to(torch.float64) if conv.bias is not None
+            else torch.zeros(weight.shape[0], dtype=torch.float64))
     if bn is not None:
         if type(bn) is not nn.BatchNorm3d:
             raise UnsupportedNetwork(f"{what}: normalisation {type(bn).__name__} is not BatchNorm3d")
         _no_hooks(bn, what)
         if bn.running_mean is None or bn.running_var is None:
             raise UnsupportedNetwork(f"{what}: BatchNorm without running statistics uses batch statistics")
-        scale = torch.rsqrt(bn.running_var.detach().to(torch.float64) + bn.eps)
+        scale = torch.rsqrt(bn.running_var.detach().cpu().to(torch.float64) + bn.eps)
         if bn.weight is not None:
-            scale = scale * bn.weight.detach().to(torch.float64)
-        shift = -bn.running_mean.detach().to(torch.float64) * scale
+            scale = scale * bn.weight.detach().cpu().to(torch.float64)
+        shift = -bn.running_mean.detach().cpu().to(torch.float64) * scale
         if bn.bias is not None:
-            shift = shift + bn.bias.detach().to(torch.float64)
+            shift = shift + bn.bias.detach().cpu().to(torch.float64)
         weight = weight * scale.view(-1, 1, 1, 1, 1)
         bias = bias * scale + shift
     dtype = conv.weight.dtype
@@ -238,8 +239,8 @@ def compile_network(model: nn.Module) -> IncrementalNetwork:
         if type(model.fc) is not nn.Linear:
             raise UnsupportedNetwork("the classifier is not a Linear layer")
         _no_hooks(model.fc, "fc")
-        fc_w = model.fc.weight.detach().clone()
-        fc_b = model.fc.bias.detach().clone() if model.fc.bias is not None else torch.zeros_like(fc_w[:, 0])
+        fc_w = model.fc.weight.detach().cpu().clone()
+        fc_b = model.fc.bias.detach().cpu().clone() if model.fc.bias is not None else torch.zeros_like(fc_w[:, 0])
     return IncrementalNetwork(int(model.conv1.in_channels), stem, pool, tuple(blocks), fc_w, fc_b)
 
 
@@ -464,7 +465,8 @@ class IncrementalRunner:
             caches.append(y)
         for cache, size in zip(caches, self.geometry.sizes):
             assert tuple(cache.shape[2:]) == tuple(int(s) for s in size), "geometry out of step with the network"
-        self._pool_sum = y.to(torch.float64).sum(dim=(2, 3, 4))[0]  # (C,)
+        self._sum_dtype = torch.float32 if y.device.type == "mps" else torch.float64  # MPS has no float64
+        self._pool_sum = y.to(self._sum_dtype).sum(dim=(2, 3, 4))[0]  # (C,)
         self._pool_count = float(np.prod(y.shape[2:]))
         return caches, self._head(self._pool_sum[None] / self._pool_count)[0]
 
@@ -542,7 +544,7 @@ class IncrementalRunner:
         # global average pool, updated by the difference inside each box's window
         extent = list(state.window.shape[2:])
         before = _gather(_State(state.cache), state.start, extent, 0.0)
-        delta = (state.window.to(torch.float64) - before.to(torch.float64)).sum(dim=(2, 3, 4))
+        delta = (state.window.to(self._sum_dtype) - before.to(self._sum_dtype)).sum(dim=(2, 3, 4))
         return self._head((self._pool_sum[None] + delta) / self._pool_count)
 
     def _conv_state(self, conv: _Conv, state: _State, interval, size, cache) -> _State:
