@@ -36,7 +36,7 @@ def make_bundle(path: Path, channels: int = 3, n_folds: int = 2, **kwargs) -> tu
 
 
 def edit_header(bundle: Path, change) -> None:
-    header = json.loads((bundle / BUNDLE_FILE).read_text())
+    header = json.loads((bundle / BUNDLE_FILE).read_text(encoding="utf-8"))
     change(header)
     (bundle / BUNDLE_FILE).write_text(json.dumps(header))
 
@@ -89,7 +89,7 @@ def test_round_trip_gives_the_same_networks(good_bundle):
 
 def test_weights_files_are_plain_safetensors_with_checksums(good_bundle):
     path, _ = good_bundle
-    header = json.loads((path / BUNDLE_FILE).read_text())
+    header = json.loads((path / BUNDLE_FILE).read_text(encoding="utf-8"))
     for fold in header["folds"]:
         data = (path / fold["weights"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == fold["sha256"]

@@ -48,7 +48,7 @@ def test_folds_depend_on_seed_not_on_row_order():
 def test_folds_file_is_written_once_and_reused(tmp_path):
     path = tmp_path / "folds.json"
     first = folds_for_cohort(cohort(10, 10), path, n_folds=5, seed=1)
-    assert json.loads(path.read_text())["folds"][0]["validation_patients"] == first.validation_ids(0)
+    assert json.loads(path.read_text(encoding="utf-8"))["folds"][0]["validation_patients"] == first.validation_ids(0)
     again = folds_for_cohort(list(reversed(cohort(10, 10))), path, n_folds=5, seed=99)  # seed ignored: file wins
     assert again == first == load_folds(path)
     with pytest.raises(InputError, match="has 5 folds but 4 were asked for"):
@@ -64,7 +64,7 @@ def test_folds_file_is_written_once_and_reused(tmp_path):
 def test_damaged_folds_file(tmp_path):
     path = tmp_path / "folds.json"
     folds_for_cohort(cohort(5, 5), path, n_folds=5)
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     data["folds"][1]["validation_patients"].append(data["folds"][0]["validation_patients"][0])
     path.write_text(json.dumps(data))
     with pytest.raises(InputError, match="is in folds 0 and 1"):

@@ -46,7 +46,7 @@ def test_ci_small_run_with_the_real_network(tmp_path):
     assert bundle.architecture["name"] == "resnet18" and "widen_factor" not in bundle.architecture
     assert bundle.metadata["training"]["epochs"] == 2
     assert bundle.metadata["preprocessing"] == {"input_size": [32, 32, 32]}
-    folds = json.loads((out / "folds.json").read_text())
+    folds = json.loads((out / "folds.json").read_text(encoding="utf-8"))
     for entry, fold in zip(folds["folds"], bundle.folds):
         assert list(fold.validation_patients) == entry["validation_patients"]
         assert not set(fold.validation_patients) & set(fold.train_patients)

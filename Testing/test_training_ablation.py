@@ -29,7 +29,7 @@ def test_seven_combinations_on_the_same_folds(tmp_path):
                         on_epoch=lambda combo, fold, epoch, row: epochs.append(combo))
     assert len(loads) == 4  # the cohort is prepared once for all seven models
     assert [r.modalities for r in rows] == list(COMBINATIONS) and len(epochs) == 7 * 2
-    folds = json.loads((tmp_path / "folds.json").read_text())["folds"]
+    folds = json.loads((tmp_path / "folds.json").read_text(encoding="utf-8"))["folds"]
     for row in rows:
         bundle = load_bundle(tmp_path / "+".join(row.modalities))
         assert bundle.modalities == row.modalities
@@ -42,7 +42,7 @@ def test_seven_combinations_on_the_same_folds(tmp_path):
         "MRI post-OP only", "MRI event only", "RD map only", "MRI post-OP + MRI event",
         "MRI post-OP + RD map", "MRI event + RD map", "All three (RICE-NET)"]
     assert all(r["folds"] == "2" and len(r["fold_macro_f1"].split(";")) == 2 for r in table)
-    markdown = (tmp_path / "ablation.md").read_text()
+    markdown = (tmp_path / "ablation.md").read_text(encoding="utf-8")
     assert markdown.startswith("| Input modality | Validation macro F1 (mean ± sd over folds) |")
     assert markdown.count(" ± ") == 8 and "2-fold cross-validation on the same folds" in markdown
 

@@ -33,7 +33,7 @@ def test_train_command_writes_a_bundle_the_classifier_can_use(cohort, tmp_path, 
     assert bundle.input_size == (32, 32, 32) and bundle.architecture["name"] == "resnet18"
     parameters = PreprocessParameters.from_dict(bundle.preprocessing)  # what `ricenet predict` will do
     assert parameters.skull_strip == "none" and parameters.spacing_mm == 6 and parameters.prescription_gy == 60
-    assert (cohort.parent / "folds.json").read_text() == (out / "folds.json").read_text()
+    assert (cohort.parent / "folds.json").read_text(encoding="utf-8") == (out / "folds.json").read_text(encoding="utf-8")
     assert len(list((tmp_path / "cache").rglob("preprocess.json"))) == 6  # every case preprocessed once, cached
 
 

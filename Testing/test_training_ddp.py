@@ -34,7 +34,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
-    digests = {(tmp_path / f"bundle.rank{r}.txt").read_text() for r in (0, 1)}
+    digests = {(tmp_path / f"bundle.rank{r}.txt").read_text(encoding="utf-8") for r in (0, 1)}
     assert len(digests) == 1  # DDP kept the two processes' models identical
     state = load_checkpoint(tmp_path / "bundle.work" / "fold1" / "checkpoint.safetensors")
     assert state["fingerprint"]["processes"] == 2 and state["epoch"] == 2
