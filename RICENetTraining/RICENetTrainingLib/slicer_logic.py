@@ -135,13 +135,17 @@ class TrainingLogic:
         return chart
 
     # -- runs -------------------------------------------------------------
-    def start(self, settings: TrainingSettings, *, resume: bool = False, overwrite: bool = False) -> BackgroundTask:
-        """Train the ensemble on a worker thread (``resume`` continues from the checkpoints)."""
+    def _begin(self, settings: TrainingSettings, kind: str) -> None:
+        """Validate, then forget the previous run's curves before a new run starts."""
         settings.validate()
         with self._lock:
             self._history.clear()
         self._plotted = 0
-        self.key = f"training:{Path(settings.output).name}"
+        self.key = f"{kind}:{Path(settings.output).name}"
+
+    def start(self, settings: TrainingSettings, *, resume: bool = False, overwrite: bool = False) -> BackgroundTask:
+        """Train the ensemble on a worker thread (``resume`` continues from the checkpoints)."""
+        self._begin(settings, "training")
         return BackgroundTask(self._run_training, settings, resume, overwrite, name="RICE-NET training").start()
 
     def _run_training(self, progress: Any, cancel: Any, settings: TrainingSettings, resume: bool, overwrite: bool) -> Any:
@@ -157,11 +161,7 @@ class TrainingLogic:
 
     def start_ablation(self, settings: TrainingSettings, *, resume: bool = False, overwrite: bool = False) -> BackgroundTask:
         """Train the seven modality combinations on the same folds (one bundle each under the output folder)."""
-        settings.validate()
-        with self._lock:
-            self._history.clear()
-        self._plotted = 0
-        self.key = f"ablation:{Path(settings.output).name}"
+        self._begin(settings, "ablation")
         return BackgroundTask(self._run_ablation, settings, resume, overwrite, name="RICE-NET ablation").start()
 
     def _run_ablation(self, progress: Any, cancel: Any, settings: TrainingSettings, resume: bool, overwrite: bool) -> Any:
