@@ -47,12 +47,15 @@ the engine, in forward-pass equivalents):
 ========  ====  ======  =====  ======================  ===============================
 preset    mask  stride  boxes  incremental (passes)    note
 ========  ====  ======  =====  ======================  ===============================
-quick     32    32      343    ~12                     no overlap, a first look
-standard  16    8       19683  ~405 (46x fewer FLOPs)  half-overlapping boxes
-fine      16    6       46656  ~963                    MONAI's defaults (overlap 0.6)
+quick     32    32      343    ~14                     no overlap, a first look
+standard  16    8       19683  ~420 (46x fewer FLOPs)  half-overlapping boxes
+fine      16    6       46656  ~1060                   MONAI's defaults (overlap 0.6)
 ========  ====  ======  =====  ======================  ===============================
 
-``per_modality`` multiplies the boxes by 1 + channels; five folds by 5. Boxes
+On 2 CPU cores one forward pass takes 20-50 s, so "standard" is hours per
+fold there and "quick" (~15-25 min for five folds) is the laptop setting; on a
+GPU the cost is dominated by the same FLOPs. ``per_modality`` multiplies the
+boxes by 1 + channels; five folds by 5. Boxes
 whose occluded content equals the image change nothing and are skipped exactly
 (with the default Gaussian fill: boxes in the zero background outside the
 brain and the dose; 45 % of the "standard" boxes of a preprocessed synthetic
