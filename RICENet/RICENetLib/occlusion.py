@@ -53,8 +53,8 @@ fine      16    6       46656  ~1060                   MONAI's defaults (overlap
 ========  ====  ======  =====  ======================  ===============================
 
 On 2 CPU cores one forward pass takes 20-50 s, so "standard" is hours per
-fold there and "quick" (~15-25 min for five folds) is the laptop setting; on a
-GPU the cost is dominated by the same FLOPs. ``per_modality`` multiplies the
+fold there, and "quick" (about 70 passes' worth for five folds: 20-60 min) is
+the laptop setting; on a GPU the same FLOPs take seconds to minutes. ``per_modality`` multiplies the
 boxes by 1 + channels; five folds by 5. Boxes
 whose occluded content equals the image change nothing and are skipped exactly
 (with the default Gaussian fill: boxes in the zero background outside the
