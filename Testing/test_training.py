@@ -254,8 +254,11 @@ def test_process_killed_with_sigkill_resumes_to_identical_weights(tmp_path):
     output = process.communicate()[0].decode(errors="replace")
     assert process.returncode == -signal.SIGKILL, f"finished before the kill: {output[-2000:]}"
     assert not out.exists()
+    stale = checkpoint.parent / ".checkpoint.abc123.tmp.safetensors"  # as a kill during saving leaves it
+    stale.write_bytes(b"half a checkpoint")
 
     resumed = train_ensemble(cases, out, params, load=loader(arrays), resume=True)
+    assert not stale.exists()
     reference = train_ensemble(cases, tmp_path / "reference", params, load=loader(arrays))
     for a, b in zip(reference.folds, resumed.folds):
         assert a.epoch == b.epoch and len(b.history) == 6

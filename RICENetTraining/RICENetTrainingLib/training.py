@@ -255,6 +255,10 @@ class _FoldTrainer:
         self.device_augment = augmenter if params.augment_on == "device" else None
         self.samples = CaseSamples(data, self.channels, augmenter if params.augment_on == "cpu" else None)
         self.checkpoint = self.dir / CHECKPOINT_NAME
+        if resume and context.is_main:
+            # A run killed while saving leaves its half-written temporary file (hundreds of MB) behind.
+            for stale in self.dir.glob(f".{self.checkpoint.stem}.*.tmp{self.checkpoint.suffix}"):
+                stale.unlink(missing_ok=True)
         if self.checkpoint.exists():
             if not resume:
                 raise InputError(f"{self.checkpoint} holds an earlier run of fold {fold}; resume it, or choose "
