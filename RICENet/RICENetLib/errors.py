@@ -32,3 +32,16 @@ class Cancelled(RICENetError):
 
     def __init__(self, message: str = "Cancelled by the user.") -> None:
         super().__init__(message)
+
+
+def reject_unknown_keys(cls: type, data, what: str) -> None:
+    """Refuse keys that are not fields of the dataclass ``cls`` (a newer format, or a typo).
+
+    ``what`` names the kind of entry, e.g. ``"preprocessing parameter"``.
+    """
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"Unknown {what}(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")

@@ -74,14 +74,14 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from . import MODALITIES
-from .errors import InputError
+from .errors import InputError, reject_unknown_keys
 from .progress import CancelCheck, Progress, ProgressCallback, as_progress
 
 logger = logging.getLogger(__name__)
@@ -169,10 +169,7 @@ class OcclusionSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "OcclusionSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"Unknown occlusion setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+        reject_unknown_keys(cls, data, "occlusion setting")
         values = dict(data)
         for key in ("mask_size", "stride"):
             if isinstance(values.get(key), list):

@@ -28,7 +28,7 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -38,7 +38,7 @@ import SimpleITK as sitk
 from . import MODALITIES, __version__
 from .atomic import atomic_directory, atomic_path, write_json
 from .crop import CropBox, crop_box_around, crop_or_pad, cropped_geometry, fraction_inside, input_size_zyx
-from .errors import InputError, PreprocessingError
+from .errors import InputError, PreprocessingError, reject_unknown_keys
 from .image_io import check_volume, read_image, write_image
 from .normalisation import DOSE_NORMALISATIONS, DOSE_UNITS, dose_in_gy, normalise_dose, zscore
 from .progress import CancelCheck, Progress, ProgressCallback, as_progress
@@ -115,10 +115,7 @@ class PreprocessParameters:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PreprocessParameters":
         """Inverse of :meth:`to_dict`; unknown keys are an error (a newer format, or a typo)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"Unknown preprocessing parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+        reject_unknown_keys(cls, data, "preprocessing parameter")
         values = dict(data)
         if "input_size" in values and not isinstance(values["input_size"], int):
             values["input_size"] = tuple(int(v) for v in values["input_size"])

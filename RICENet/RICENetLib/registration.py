@@ -24,13 +24,13 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import Cancelled, InputError, PreprocessingError
+from .errors import Cancelled, InputError, PreprocessingError, reject_unknown_keys
 from .progress import CancelCheck, Progress, ProgressCallback, as_progress
 
 BACKENDS = ("sitk", "ants")
@@ -111,10 +111,7 @@ class RegistrationParameters:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RegistrationParameters":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"Unknown registration parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+        reject_unknown_keys(cls, data, "registration parameter")
         values = dict(data)
         for key in ("shrink_factors", "smoothing_sigmas_mm"):
             if key in values:

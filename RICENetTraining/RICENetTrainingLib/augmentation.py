@@ -33,14 +33,14 @@ process, and the same code runs on CPU tensors or GPU tensors.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from RICENetLib.errors import InputError
+from RICENetLib.errors import InputError, reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,7 @@ class AugmentationParameters:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AugmentationParameters":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"Unknown augmentation parameter(s): {', '.join(unknown)}.")
+        reject_unknown_keys(cls, data, "augmentation parameter")
         values = dict(data)
         if "gamma_range" in values:
             values["gamma_range"] = tuple(float(v) for v in values["gamma_range"])

@@ -42,7 +42,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
@@ -51,7 +51,7 @@ import torch
 from RICENetLib import CLASS_NAMES, MODALITIES
 from RICENetLib.atomic import write_text
 from RICENetLib.cohort import Case
-from RICENetLib.errors import InputError
+from RICENetLib.errors import InputError, reject_unknown_keys
 from RICENetLib.progress import Progress, as_progress
 
 from .augmentation import AugmentationParameters, Augmenter
@@ -139,10 +139,7 @@ class TrainingParameters:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainingParameters":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"Unknown training parameter(s): {', '.join(unknown)}.")
+        reject_unknown_keys(cls, data, "training parameter")
         values = dict(data)
         if "modalities" in values:
             values["modalities"] = tuple(values["modalities"])
