@@ -84,7 +84,7 @@ class _CancelAt:
 
 def test_killed_run_resumes_to_identical_weights(tmp_path):
     cases, arrays = make_cohort(4, 4, size=16)
-    params = _tiny()
+    params = _tiny(lr_schedule="cosine")  # the resumed epochs must also get the scheduled rates
     reference = train_ensemble(cases, tmp_path / "reference", params, load=loader(arrays))
 
     stop = _CancelAt("fold 2/2, epoch 2: batch 1/")
@@ -165,6 +165,7 @@ def test_unreadable_case_fails_before_training_naming_the_patient(tmp_path):
     (dict(modalities=("dose", "t2")), "Modalities dose,t2"),
     (dict(learning_rate=0.0), "learning rate"),
     (dict(epochs=0), "epochs"),
+    (dict(lr_schedule="step"), "learning-rate schedule 'step'"),
     (dict(folds=(2,)), "Fold 2 does not exist"),
     (dict(architecture=tiny_architecture(2)), "2 input channel\\(s\\) but 3 modalities"),
     (dict(device="cuda:7"), "cuda:7"),
@@ -185,6 +186,18 @@ def test_existing_output_is_not_overwritten_unless_asked(tmp_path):
         train_ensemble(cases, tmp_path / "b", _tiny(epochs=1), load=loader(arrays))
     train_ensemble(cases, tmp_path / "b", _tiny(epochs=1, augment=False), load=loader(arrays), overwrite=True)
     assert load_bundle(tmp_path / "b") and not (tmp_path / "b" / "keep.txt").exists()
+
+
+def test_cosine_schedule_decays_from_the_set_rate_and_is_logged(tmp_path):
+    params = _tiny(epochs=4, learning_rate=1e-3, lr_schedule="cosine")
+    rates = [params.learning_rate_at(epoch) for epoch in range(4)]
+    assert rates[0] == 1e-3 and rates == sorted(rates, reverse=True) and rates[2] == pytest.approx(5e-4)
+    assert _tiny(learning_rate=1e-3).learning_rate_at(3) == 1e-3  # constant by default
+    cases, arrays = make_cohort(2, 2, size=16)
+    result = train_ensemble(cases, tmp_path / "b", replace(params, augment=False), load=loader(arrays))
+    assert [row["learning_rate"] for row in result.folds[0].history] == pytest.approx(rates)
+    with open(result.work_dir / "fold0" / "log.csv", encoding="utf-8") as handle:
+        assert [float(row["learning_rate"]) for row in csv.DictReader(handle)] == pytest.approx(rates, rel=1e-5)
 
 
 def test_sampler_balances_the_classes_and_is_seeded():

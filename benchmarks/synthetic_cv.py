@@ -46,7 +46,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fold", type=int, action="append", help="train only this fold (repeat); default all")
     parser.add_argument("--conv1-stride", type=int, default=2, choices=(1, 2))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -66,7 +69,8 @@ def main() -> None:
     data = load_cases(cases, load)
     prepared = time.perf_counter()
     params = TrainingParameters(n_folds=args.folds, epochs=args.epochs, batch_size=args.batch_size,
-                                learning_rate=args.lr, seed=args.seed, device=args.device,
+                                learning_rate=args.lr, lr_schedule=args.lr_schedule,
+                                weight_decay=args.weight_decay, folds=tuple(args.fold) if args.fold else None, seed=args.seed, device=args.device,
                                 architecture=default_architecture(3, conv1_t_stride=args.conv1_stride))
     folds = folds_for_cohort(cases, out / "folds.json", args.folds, args.seed)
     labels = [c.label for c in cases]
@@ -74,7 +78,7 @@ def main() -> None:
           f"input 3×{args.input_size}³ at {args.spacing} mm, skull strip {args.skull_strip}; prepared in "
           f"{prepared - start:.0f} s", flush=True)
     print(f"training: resnet18 (conv1 stride {args.conv1_stride}), {args.folds} folds, {args.epochs} epochs, "
-          f"batch {args.batch_size}, lr {args.lr:g}, seed {args.seed}, device {args.device}, "
+          f"batch {args.batch_size}, lr {args.lr:g} ({args.lr_schedule}), weight decay {args.weight_decay:g}, seed {args.seed}, device {args.device}, "
           f"{torch.get_num_threads()} CPU threads", flush=True)
 
     progress_state = {"last": 0.0}

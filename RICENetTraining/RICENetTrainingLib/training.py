@@ -65,7 +65,8 @@ from .metrics import classification_metrics, mean_sd
 EpochCallback = Callable[[int, int, dict[str, Any]], None]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
-LOG_COLUMNS = ("fold", "epoch", "train_loss", "train_macro_f1", "val_loss", "val_macro_f1", "val_accuracy",
+LR_SCHEDULES = ("constant", "cosine")
+LOG_COLUMNS = ("fold", "epoch", "learning_rate", "train_loss", "train_macro_f1", "val_loss", "val_macro_f1", "val_accuracy",
                "val_balanced_accuracy", "val_auc", "seconds", "kept")
 
 
@@ -78,6 +79,7 @@ class TrainingParameters:
     folds: Optional[tuple[int, ...]] = None       # the folds to train now; None = all
     epochs: int = 800
     learning_rate: float = 1e-4
+    lr_schedule: str = "constant"                  # "constant", or "cosine": decays to 0 over the epochs
     weight_decay: float = 0.0
     batch_size: int = 4
     seed: int = 0
@@ -110,6 +112,8 @@ class TrainingParameters:
             if bad or not self.folds:
                 raise InputError(f"Fold {bad[0] if bad else '(none)'} does not exist; with {self.n_folds} folds "
                                  f"choose from 0 to {self.n_folds - 1}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"Unknown learning-rate schedule '{self.lr_schedule}'; use {' or '.join(LR_SCHEDULES)}.")
         if self.selection not in ("best_f1", "last"):
             raise InputError(f"Unknown weight selection '{self.selection}'; use best_f1 or last.")
         if self.augment_on not in ("device", "cpu"):
@@ -125,6 +129,16 @@ class TrainingParameters:
         if self.architecture is None:
             return default_architecture(len(self.modalities), num_classes=len(CLASS_NAMES))
         return dict(self.architecture)
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """The rate for 0-based ``epoch``: a function of the epoch alone, so a resumed run needs no scheduler state.
+
+        ``cosine`` follows half a cosine from the set rate to zero over
+        ``epochs``; raising ``epochs`` when resuming stretches the rest of the curve.
+        """
+        if self.lr_schedule == "cosine":
+            return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        return self.learning_rate
 
     def fold_indices(self) -> list[int]:
         return sorted(set(self.folds)) if self.folds is not None else list(range(self.n_folds))
@@ -212,7 +226,7 @@ def _fingerprint(params: TrainingParameters, fold: int, train_ids: Sequence[str]
     """The settings a checkpoint must share with the run that resumes it (epochs and device may change)."""
     return {
         "fold": fold, "modalities": list(params.modalities), "architecture": params.network_architecture(),
-        "learning_rate": params.learning_rate, "weight_decay": params.weight_decay, "batch_size": params.batch_size,
+        "learning_rate": params.learning_rate, "lr_schedule": params.lr_schedule, "weight_decay": params.weight_decay, "batch_size": params.batch_size,
         "processes": world_size, "seed": params.seed, "augment": params.augment,
         "augmentation": params.augmentation.to_dict() if params.augment else None, "bf16": params.bf16,
         "channels_last": params.channels_last, "selection": params.selection, "input_shape": list(shape),
@@ -364,7 +378,9 @@ class _FoldTrainer:
         for epoch in range(start, p.epochs):
             began = time.perf_counter()
             epoch_report = report.sub((epoch - start) / max(p.epochs - start, 1), (epoch + 1 - start) / max(p.epochs - start, 1))
-            row: dict[str, Any] = {"fold": self.fold, "epoch": epoch + 1}
+            row: dict[str, Any] = {"fold": self.fold, "epoch": epoch + 1, "learning_rate": p.learning_rate_at(epoch)}
+            for group in self.optimizer.param_groups:
+                group["lr"] = row["learning_rate"]
             row.update(self._train_epoch(epoch, epoch_report))
             row.update(self._validate())
             row["seconds"] = round(time.perf_counter() - began, 3)

@@ -19,7 +19,8 @@ DESCRIPTION = (
 )
 
 
-def _input_size(text: str) -> int | tuple[int, int, int]:
+def input_size(text: str) -> int | tuple[int, int, int]:
+    """argparse type of ``--input-size``: one voxel count, or three as z,y,x."""
     try:
         values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
     except ValueError:
@@ -31,33 +32,39 @@ def _input_size(text: str) -> int | tuple[int, int, int]:
     raise argparse.ArgumentTypeError(f"'{text}': give one size or three (z,y,x)")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_preprocessing_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The pipeline's options, shared by ``preprocess``, ``train`` and ``ablate`` so they cannot drift apart."""
     from ..normalisation import DOSE_NORMALISATIONS, DOSE_UNITS
     from ..registration import BACKENDS as REGISTRATION_BACKENDS
     from ..skull_strip import BACKENDS as SKULL_STRIP_BACKENDS
 
-    parser.add_argument("--postop", metavar="P", help="post-operative T1c MRI (file or DICOM folder): the reference")
-    parser.add_argument("--event", metavar="E", help="T1c MRI at the event (file or DICOM folder)")
-    parser.add_argument("--dose", metavar="D", help="planned dose (RTDOSE file, NIfTI, NRRD...)")
-    parser.add_argument("--cohort", metavar="CSV", help="cohort table or folder: preprocess every patient into OUT/<id>/")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--skull-strip", choices=SKULL_STRIP_BACKENDS, default="deepbet",
                         help="skull-stripping backend (default deepbet; 'none' for already stripped MRIs)")
     parser.add_argument("--dose-unit", choices=DOSE_UNITS, default=None,
                         help="unit of the dose files (default: Gy, or the RTDOSE's own; a maximum over 100 is refused)")
     parser.add_argument("--spacing", type=float, default=1.0, metavar="MM", help="isotropic voxel size in mm (default 1)")
-    parser.add_argument("--input-size", type=_input_size, default=224, metavar="VOX",
-                        help="model input size in voxels: 224, or z,y,x (default 224)")
+    parser.add_argument("--input-size", type=input_size, default=224, metavar="VOX",
+                        help="model input size in voxels: 224, or z,y,x (default 224; small sizes make quick runs)")
     parser.add_argument("--dose-normalisation", choices=DOSE_NORMALISATIONS, default="prescription",
                         help="dose channel: Gy / prescription (default) or z-score (the paper)")
     parser.add_argument("--prescription", type=float, default=60.0, metavar="GY",
                         help="prescription dose in Gy the dose is divided by (default 60)")
     parser.add_argument("--registration-backend", choices=REGISTRATION_BACKENDS, default="sitk",
                         help="registration engine: SimpleITK (default) or ANTsPy when installed")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--postop", metavar="P", help="post-operative T1c MRI (file or DICOM folder): the reference")
+    parser.add_argument("--event", metavar="E", help="T1c MRI at the event (file or DICOM folder)")
+    parser.add_argument("--dose", metavar="D", help="planned dose (RTDOSE file, NIfTI, NRRD...)")
+    parser.add_argument("--cohort", metavar="CSV", help="cohort table or folder: preprocess every patient into OUT/<id>/")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_preprocessing_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (cohort: redo finished patients)")
 
 
-def _parameters(args: argparse.Namespace):
+def preprocessing_parameters(args: argparse.Namespace):
+    """The checked :class:`PreprocessParameters` the options of :func:`add_preprocessing_arguments` describe."""
     from ..preprocessing import PreprocessParameters
     from ..registration import RegistrationParameters
 
@@ -94,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"Missing {', '.join(missing)} (or give --cohort CSV).")
     from ..preprocessing import preprocess_case
 
-    params = _parameters(args)
+    params = preprocessing_parameters(args)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InputError(f"Output folder {out} already exists and is not empty; choose another or add --overwrite.")
@@ -112,7 +119,7 @@ def _run_cohort(args: argparse.Namespace) -> int:
     from ..progress import as_progress
     from .progressbar import progress_bar
 
-    params = _parameters(args)
+    params = preprocessing_parameters(args)
     cases = load_cohort(args.cohort, require_labels=False)
     out = Path(args.out)
     done, skipped, failed = [], [], []

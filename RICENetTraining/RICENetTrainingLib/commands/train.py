@@ -38,10 +38,7 @@ def _modalities(text: str) -> tuple[str, ...]:
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``train`` and ``ablate``: cohort, folds, optimisation, device, preprocessing."""
-    from RICENetLib.commands.preprocess import _input_size
-    from RICENetLib.normalisation import DOSE_NORMALISATIONS, DOSE_UNITS
-    from RICENetLib.registration import BACKENDS as REGISTRATION_BACKENDS
-    from RICENetLib.skull_strip import BACKENDS as SKULL_STRIP_BACKENDS
+    from RICENetLib.commands.preprocess import add_preprocessing_arguments
 
     parser.add_argument("--cohort", required=True, metavar="CSV",
                         help="cohort table (patient_id,label,postop,event,dose) or folder of patient folders")
@@ -54,6 +51,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=int, default=800, metavar="N", help="epochs per fold (default 800)")
     training.add_argument("--lr", type=float, default=1e-4, metavar="RATE", help="Adam learning rate (default 1e-4)")
+    training.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                          help="constant rate (default), or cosine decay to 0 over the epochs")
     training.add_argument("--weight-decay", type=float, default=0.0, metavar="W", help="Adam weight decay (default 0)")
     training.add_argument("--batch-size", type=int, default=4, metavar="B",
                           help="samples per step and process (default 4)")
@@ -74,17 +73,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="augment on the training device (default; GPU-side on a GPU) or in CPU loader workers")
     device.add_argument("--workers", type=int, default=0, metavar="N", help="data-loader processes (default 0)")
     prep = parser.add_argument_group("preprocessing (stored in the bundle; new cases are prepared the same way)")
-    prep.add_argument("--spacing", type=float, default=1.0, metavar="MM", help="isotropic voxel size in mm (default 1)")
-    prep.add_argument("--input-size", type=_input_size, default=224, metavar="VOX",
-                      help="model input size in voxels: 224, or z,y,x (default 224; small sizes make quick runs)")
-    prep.add_argument("--skull-strip", choices=SKULL_STRIP_BACKENDS, default="deepbet",
-                      help="skull-stripping backend (default deepbet; 'none' for already stripped MRIs)")
-    prep.add_argument("--dose-unit", choices=DOSE_UNITS, default=None, help="unit of the dose files (default Gy)")
-    prep.add_argument("--dose-normalisation", choices=DOSE_NORMALISATIONS, default="prescription",
-                      help="dose channel: Gy / prescription (default) or z-score (the paper)")
-    prep.add_argument("--prescription", type=float, default=60.0, metavar="GY", help="prescription in Gy (default 60)")
-    prep.add_argument("--registration-backend", choices=REGISTRATION_BACKENDS, default="sitk",
-                      help="registration engine: SimpleITK (default) or ANTsPy when installed")
+    add_preprocessing_arguments(prep)
     prep.add_argument("--cache", metavar="DIR",
                       help="preprocessing cache (default $RICENET_CACHE or ~/.cache/ricenet/preprocessed)")
 
@@ -103,7 +92,7 @@ def training_parameters(args: argparse.Namespace, modalities: tuple[str, ...]) -
 
     return TrainingParameters(
         modalities=modalities, n_folds=args.folds, folds=tuple(args.fold) if args.fold else None, epochs=args.epochs,
-        learning_rate=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed,
+        learning_rate=args.lr, lr_schedule=args.lr_schedule, weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed,
         device=args.device, augment=not args.no_augment, augment_on=args.augment_on, num_workers=args.workers,
         bf16=args.bf16, channels_last=args.channels_last, selection=args.select,
         architecture=default_architecture(len(modalities), conv1_t_stride=args.conv1_stride),
@@ -112,11 +101,11 @@ def training_parameters(args: argparse.Namespace, modalities: tuple[str, ...]) -
 
 def case_loader(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The preprocessing pipeline (through its cache) with the command line's parameters."""
-    from RICENetLib.commands.preprocess import _parameters
+    from RICENetLib.commands.preprocess import preprocessing_parameters
 
     from ..dataset import pipeline_loader
 
-    return pipeline_loader(_parameters(args).to_dict(), args.cache)
+    return pipeline_loader(preprocessing_parameters(args).to_dict(), args.cache)
 
 
 def folds_file(args: argparse.Namespace) -> Path:
