@@ -3,8 +3,11 @@
     python benchmarks/inference.py                    # 224³, 5 folds, 3 channels, CPU
     python benchmarks/inference.py --size 96 --device cuda
 
-Prints the time per fold forward pass, the ensemble's total, and the FLOPs of
-one forward pass counted by torch.utils.flop_counter.
+Prints the time per fold forward pass, the ensemble's total, the FLOPs of
+one forward pass counted by torch.utils.flop_counter, and what an occlusion
+map costs at each preset in brute-force forward passes, with the time that
+would take at the measured speed (the incremental engine's own figures and
+the 96³ time against MONAI come from ``benchmarks/occlusion.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from RICENetLib.inference import combine_folds, fold_probabilities, select_device
 from RICENetLib.model import build_network, default_architecture
+from RICENetLib.occlusion import OCCLUSION_PRESETS, count_boxes, forward_passes
 
 
 def main() -> None:
@@ -50,6 +54,12 @@ def main() -> None:
     print(f"FLOPs per forward pass: {flops / 1e12:.3f} TFLOP")
     print(f"ensemble of {args.folds} folds: {seconds:.2f} s ({seconds / args.folds:.2f} s per fold, "
           f"{flops * args.folds / seconds / 1e9:.1f} GFLOP/s)")
+    shape = (args.size,) * 3
+    for name, settings in OCCLUSION_PRESETS.items():
+        passes = forward_passes(shape, settings, models=args.folds)
+        print(f"occlusion preset {name} (box {settings.mask_size}, stride {settings.stride}): "
+              f"{count_boxes(shape, settings)} boxes, {passes} forward passes over {args.folds} folds; "
+              f"brute force at this speed: {passes * seconds / args.folds / 3600:.1f} h")
 
 
 if __name__ == "__main__":
