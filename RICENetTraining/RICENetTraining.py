@@ -31,6 +31,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from RICENetTrainingLib import LR_SCHEDULES
 from RICENetTrainingLib.slicer_logic import DEVICES, SKULL_STRIP_CHOICES, TrainingLogic, TrainingSettings, result_message
 
 TRAINING_REQUIREMENTS = ("monai>=1.4", "safetensors>=0.4", "nibabel>=5", "matplotlib>=3.7")
@@ -69,6 +70,7 @@ class RICENetTrainingParameterNode:
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     batchSize: Annotated[int, WithinRange(1, 256)] = 4
     learningRate: Annotated[float, WithinRange(1e-7, 1.0)] = 1e-4
+    lrSchedule: Annotated[str, Choice(list(LR_SCHEDULES))] = "constant"
     inputSize: Annotated[int, WithinRange(16, 512)] = 224
     spacingMm: Annotated[float, WithinRange(0.2, 10.0)] = 1.0
     skullStrip: Annotated[str, Choice(list(SKULL_STRIP_CHOICES))] = "deepbet"
@@ -87,7 +89,7 @@ def settingsFromParameterNode(node: RICENetTrainingParameterNode) -> TrainingSet
         cohort=_path(node.cohortPath), output=_path(node.outputPath),
         use_postop=node.usePostop, use_event=node.useEvent, use_dose=node.useDose,
         n_folds=node.nFolds, epochs=node.epochs, seed=node.seed, device=node.device, batch_size=node.batchSize,
-        learning_rate=node.learningRate, input_size=node.inputSize, spacing_mm=node.spacingMm, skull_strip=node.skullStrip,
+        learning_rate=node.learningRate, lr_schedule=node.lrSchedule, input_size=node.inputSize, spacing_mm=node.spacingMm, skull_strip=node.skullStrip,
     )
 
 

@@ -124,9 +124,12 @@ def test_settings_are_checked(small_cohort, tmp_path):
         settings(small_cohort, "").validate()
     with pytest.raises(InputError, match="at least one modality"):
         settings(small_cohort, tmp_path, use_postop=False, use_event=False, use_dose=False).validate()
-    chosen = settings(small_cohort, tmp_path, use_postop=False)
+    with pytest.raises(InputError, match="learning-rate schedule 'step'"):
+        settings(small_cohort, tmp_path, lr_schedule="step").validate()
+    chosen = settings(small_cohort, tmp_path, use_postop=False, lr_schedule="cosine")
     params = chosen.training_parameters()
     assert params.modalities == ("event", "dose") and params.n_folds == 2 and params.epochs == 2
+    assert params.lr_schedule == "cosine"
     assert chosen.preprocessing() == {"spacing_mm": 8.0, "input_size": 24, "skull_strip": "none"}
     assert TrainingSettings.from_dict({**chosen.to_dict(), "extra": 1}) == chosen
     assert len(load_cohort(small_cohort)) >= 4

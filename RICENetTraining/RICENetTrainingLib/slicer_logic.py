@@ -23,6 +23,8 @@ from RICENetLib import MODALITIES, mrml
 from RICENetLib.background import BackgroundTask
 from RICENetLib.errors import InputError
 
+from . import LR_SCHEDULES
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SKULL_STRIP_CHOICES = ("deepbet", "hd-bet", "none")
 
@@ -42,6 +44,7 @@ class TrainingSettings:
     device: str = "auto"
     batch_size: int = 4
     learning_rate: float = 1e-4
+    lr_schedule: str = "constant"
     input_size: int = 224
     spacing_mm: float = 1.0
     skull_strip: str = "deepbet"
@@ -62,6 +65,8 @@ class TrainingSettings:
             raise InputError("Tick at least one modality (post-op MRI, event MRI, dose).")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise InputError(f"Unknown device '{self.device}'; use one of {', '.join(DEVICES)} or cuda:N.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"Unknown learning-rate schedule '{self.lr_schedule}'; use {' or '.join(LR_SCHEDULES)}.")
         if self.skull_strip not in SKULL_STRIP_CHOICES:
             raise InputError(f"Unknown skull-stripping backend '{self.skull_strip}'; use one of {', '.join(SKULL_STRIP_CHOICES)}.")
         return self
@@ -71,7 +76,8 @@ class TrainingSettings:
         from .training import TrainingParameters
 
         values = dict(modalities=self.modalities, n_folds=int(self.n_folds), epochs=int(self.epochs), seed=int(self.seed),
-                      device=self.device, batch_size=int(self.batch_size), learning_rate=float(self.learning_rate))
+                      device=self.device, batch_size=int(self.batch_size), learning_rate=float(self.learning_rate),
+                      lr_schedule=self.lr_schedule)
         values.update(overrides)
         return TrainingParameters(**values)
 

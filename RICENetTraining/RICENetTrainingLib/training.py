@@ -54,6 +54,7 @@ from RICENetLib.cohort import Case
 from RICENetLib.errors import InputError, reject_unknown_keys
 from RICENetLib.progress import Progress, as_progress
 
+from . import LR_SCHEDULES
 from .augmentation import AugmentationParameters, Augmenter
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .dataset import CaseLoader, CaseSamples, CaseTensors, load_cases, pipeline_loader
@@ -65,7 +66,6 @@ from .metrics import classification_metrics, mean_sd
 EpochCallback = Callable[[int, int, dict[str, Any]], None]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
-LR_SCHEDULES = ("constant", "cosine")
 LOG_COLUMNS = ("fold", "epoch", "learning_rate", "train_loss", "train_macro_f1", "val_loss", "val_macro_f1", "val_accuracy",
                "val_balanced_accuracy", "val_auc", "seconds", "kept")
 

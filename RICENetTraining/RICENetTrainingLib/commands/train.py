@@ -40,6 +40,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``train`` and ``ablate``: cohort, folds, optimisation, device, preprocessing."""
     from RICENetLib.commands.preprocess import add_preprocessing_arguments
 
+    from .. import LR_SCHEDULES
+
     parser.add_argument("--cohort", required=True, metavar="CSV",
                         help="cohort table (patient_id,label,postop,event,dose) or folder of patient folders")
     folds = parser.add_argument_group("folds")
@@ -51,7 +53,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=int, default=800, metavar="N", help="epochs per fold (default 800)")
     training.add_argument("--lr", type=float, default=1e-4, metavar="RATE", help="Adam learning rate (default 1e-4)")
-    training.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+    training.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                           help="constant rate (default), or cosine decay to 0 over the epochs")
     training.add_argument("--weight-decay", type=float, default=0.0, metavar="W", help="Adam weight decay (default 0)")
     training.add_argument("--batch-size", type=int, default=4, metavar="B",
