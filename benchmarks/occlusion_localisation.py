@@ -77,7 +77,7 @@ def main() -> None:
         to_lesion = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(
             sitk.Cast(model_like(lesion, model), sitk.sitkUInt8), insideIsPositive=False, squaredDistance=False,
             useImageSpacing=True))
-        distance = max(float(to_lesion[peak].min()), 0.0) if lesion.any() else float("nan")
+        distance = max(float(to_lesion[peak].min()), 0.0) + 0.0 if lesion.any() else float("nan")  # + 0.0: no "-0"
         distances.append(distance)
         hits["lesion"] += in_lesion
         hits["high_dose"] += in_dose
