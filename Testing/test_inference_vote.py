@@ -7,7 +7,8 @@ import pytest
 import SimpleITK as sitk
 
 from RICENetLib.errors import InputError
-from RICENetLib.inference import combine_folds, select_device
+from RICENetLib.inference import combine_folds, resolve_occlusion, select_device
+from RICENetLib.occlusion import OCCLUSION_PRESETS
 from RICENetLib.report import html_report, overview_figure, prediction_verdict
 
 CLASSES = ("recurrence", "rice")
@@ -48,6 +49,17 @@ def _prediction():
     result = combine_folds(np.array([[0.8, 0.2], [0.9, 0.1], [0.7, 0.3], [0.3, 0.7], [0.75, 0.25]]), CLASSES, range(5))
     return {**result, "folds": [{"fold": f.fold, "probabilities": f.probabilities, "label": f.label} for f in result["folds"]],
             "bundle_id": "ricenet-test", "timings_s": {"total": 1.5}}
+
+
+def test_occlusion_presets_and_their_changes():
+    assert resolve_occlusion(None) is None and resolve_occlusion("quick") == OCCLUSION_PRESETS["quick"]
+    changed = resolve_occlusion("standard", mask_size=8, stride=None)  # None keeps the preset's stride
+    assert (changed.mask_size, changed.stride) == (8, OCCLUSION_PRESETS["standard"].stride)
+    assert OCCLUSION_PRESETS["standard"].mask_size == 16  # the preset itself is left alone
+    with pytest.raises(InputError, match="Unknown occlusion preset 'huge'"):
+        resolve_occlusion("huge")
+    with pytest.raises(InputError, match="mask_size given without an occlusion preset"):
+        resolve_occlusion(None, mask_size=8)
 
 
 def test_verdict_line():

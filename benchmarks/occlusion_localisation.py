@@ -18,7 +18,6 @@ set when the cohort was not used for training).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
@@ -29,12 +28,6 @@ from RICENetLib.bundle import load_bundle
 from RICENetLib.cohort import load_cohort
 from RICENetLib.inference import predict_case, resolve_occlusion
 from RICENetTrainingLib.metrics import classification_metrics
-
-
-def model_like(array: np.ndarray, model: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(array.astype(np.uint8))
-    image.CopyInformation(model)
-    return image
 
 
 def main() -> None:
@@ -48,9 +41,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    occlusion = resolve_occlusion(args.preset)
-    overrides = {k: v for k, v in (("mask_size", args.mask), ("stride", args.stride)) if v is not None}
-    occlusion = dataclasses.replace(occlusion, **overrides)
+    occlusion = resolve_occlusion(args.preset, mask_size=args.mask, stride=args.stride)
     bundle = load_bundle(args.bundle)
     cases = load_cohort(args.cohort)[-args.cases:]
     hits = {"lesion": 0, "high_dose": 0, "either": 0, "correct": 0}
@@ -66,8 +57,9 @@ def main() -> None:
         model = prepared.model_image(heat)
         # Lesion mask (event grid) → model grid through the registration (reference → event points).
         lesion_event = sitk.ReadImage(str(truth_dir / "lesion_mask.nii.gz"))
-        lesion = sitk.GetArrayFromImage(sitk.Resample(lesion_event, model, prediction.event_to_reference,
-                                                      sitk.sitkNearestNeighbor, 0))
+        lesion_image = sitk.Cast(sitk.Resample(lesion_event, model, prediction.event_to_reference,
+                                               sitk.sitkNearestNeighbor, 0), sitk.sitkUInt8)
+        lesion = sitk.GetArrayFromImage(lesion_image)
         dose = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(p["dose"])), model, sitk.Transform(),
                                                     sitk.sitkLinear, 0.0))
         high = dose >= 0.95 * truth["prescription_gy"]
@@ -75,8 +67,7 @@ def main() -> None:
         peak = heat >= heat.max() - 0.01 * (heat.max() - heat.min())
         in_lesion, in_dose = bool(grow(lesion)[peak].any()), bool(grow(high)[peak].any())
         to_lesion = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(
-            sitk.Cast(model_like(lesion, model), sitk.sitkUInt8), insideIsPositive=False, squaredDistance=False,
-            useImageSpacing=True))
+            lesion_image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
         distance = max(float(to_lesion[peak].min()), 0.0) + 0.0 if lesion.any() else float("nan")  # + 0.0: no "-0"
         distances.append(distance)
         hits["lesion"] += in_lesion

@@ -26,6 +26,7 @@ import torch
 from RICENetLib.cohort import load_cohort
 from RICENetLib.model import default_architecture
 from RICENetLib.synthetic import write_cohort
+from RICENetTrainingLib import LR_SCHEDULES
 from RICENetTrainingLib.ablation import COMBINATIONS, ablation_markdown, run_ablation
 from RICENetTrainingLib.dataset import load_cases, pipeline_loader
 from RICENetTrainingLib.folds import folds_for_cohort
@@ -46,7 +47,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fold", type=int, action="append", help="train only this fold (repeat); default all")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -118,19 +118,27 @@ def combine_folds(probabilities: np.ndarray, class_names: Sequence[str], fold_id
     }
 
 
-def resolve_occlusion(occlusion: Any) -> Any:
-    """``None``, a preset name or :class:`~RICENetLib.occlusion.OcclusionSettings` → settings or ``None``."""
+def resolve_occlusion(occlusion: Any, **changes: Any) -> Any:
+    """``None``, a preset name or :class:`~RICENetLib.occlusion.OcclusionSettings` → settings or ``None``.
+
+    ``changes`` replace fields of the settings (e.g. ``mask_size`` and
+    ``stride`` of a preset meant for 224³ inputs); ``None`` values keep the
+    preset's. Changes without settings to apply them to are an error.
+    """
+    changes = {key: value for key, value in changes.items() if value is not None}
     if occlusion is None:
+        if changes:
+            raise InputError(f"Occlusion option(s) {', '.join(changes)} given without an occlusion preset or settings.")
         return None
     from .occlusion import OCCLUSION_PRESETS, OcclusionSettings
 
     if isinstance(occlusion, str):
         if occlusion not in OCCLUSION_PRESETS:
             raise InputError(f"Unknown occlusion preset '{occlusion}'; use one of {', '.join(OCCLUSION_PRESETS)}.")
-        return OCCLUSION_PRESETS[occlusion]
+        occlusion = OCCLUSION_PRESETS[occlusion]
     if not isinstance(occlusion, OcclusionSettings):
         raise InputError("occlusion must be an OcclusionSettings or a preset name.")
-    return occlusion
+    return replace(occlusion, **changes) if changes else occlusion
 
 
 def predict_case(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import csv
 import json
 from pathlib import Path
@@ -53,15 +52,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.cohort and not all(single):
         raise InputError("Give --postop, --event and --dose (or --cohort CSV).")
     bundle = load_bundle(args.bundle)
-    occlusion = resolve_occlusion(args.occlusion)
-    changes = {key: value for key, value in (("per_modality", args.per_modality or None),
-                                             ("mask_size", args.occlusion_mask), ("stride", args.occlusion_stride))
-               if value is not None}
-    if changes:
-        if occlusion is None:
-            flags = {"per_modality": "--per-modality", "mask_size": "--occlusion-mask", "stride": "--occlusion-stride"}
-            raise InputError(f"{', '.join(flags[k] for k in changes)} need(s) --occlusion.")
-        occlusion = dataclasses.replace(occlusion, **changes)
+    flags = {"--per-modality": args.per_modality or None, "--occlusion-mask": args.occlusion_mask,
+             "--occlusion-stride": args.occlusion_stride}
+    if args.occlusion is None and any(v is not None for v in flags.values()):
+        raise InputError(f"{', '.join(k for k, v in flags.items() if v is not None)} need(s) --occlusion.")
+    occlusion = resolve_occlusion(args.occlusion, per_modality=args.per_modality or None,
+                                  mask_size=args.occlusion_mask, stride=args.occlusion_stride)
     options = dict(device=args.device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
 
     if not args.cohort:
