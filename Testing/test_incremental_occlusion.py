@@ -34,14 +34,14 @@ ARCHITECTURES = {
 }
 
 
-def _every_box_logits(model, x, settings):
+def _every_box_logits(model, x, settings, channels_last=None):
     """(incremental, brute) logits of every box of the grid that changes something, and the box counts."""
     grid = box_grid(x.shape[1:], settings)
     fill = _Fill(x, grid.mask, settings.mode, None)
     original, patches = fill.occlude(grid.starts)
     lo, hi = _changed_box(original, patches, grid.starts)
     live = (lo < hi).all(axis=1)
-    runner = IncrementalRunner(compile_network(model), x)
+    runner = IncrementalRunner(compile_network(model), x, channels_last=channels_last)
     fast = runner.logits(grid.starts[live], patches[live], lo[live], hi[live])
     batch = x[None].repeat(int(live.sum()), 1, 1, 1, 1)
     m = grid.mask
@@ -183,7 +183,12 @@ def test_gpu_gather_path_equals_cpu_path(monkeypatch):
         cache = torch.randn(1, 3, size, size, size)
         state = engine._State(cache, torch.randn(4, 3, extent, extent, extent), rng.integers(0, size - extent + 1, (4, 3)))
         origin, tile = rng.integers(-3, size, (4, 3)), (int(rng.integers(1, size + 4)),) * 3
-        assert torch.equal(engine._gather_slices(state, origin, tile, -5.0), engine._gather_indexed(state, origin, tile, -5.0))
+        expected = engine._gather_slices(state, origin, tile, -5.0)
+        assert torch.equal(expected, engine._gather_indexed(state, origin, tile, -5.0))
+        cl = torch.channels_last_3d  # the GPU layout: same tiles, in that layout
+        as_cl = engine._State(cache.contiguous(memory_format=cl), state.window.contiguous(memory_format=cl), state.start)
+        tiles = engine._gather_indexed(as_cl, origin, tile, -5.0)
+        assert torch.equal(expected, tiles) and (tiles.is_contiguous(memory_format=cl) or tile[0] == 1)
     model = _randomise_bn(ARCHITECTURES["shortcut-A"](), 4)
     x = torch.randn(2, 14, 15, 13, generator=torch.Generator().manual_seed(4))
     settings = OcclusionSettings(mask_size=5, stride=4)
@@ -191,3 +196,5 @@ def test_gpu_gather_path_equals_cpu_path(monkeypatch):
     monkeypatch.setattr(engine, "_gather", engine._gather_indexed)
     gpu_path, slow, _, _ = _every_box_logits(model, x, settings)
     assert torch.allclose(cpu_path, gpu_path, atol=1e-6, rtol=0) and _probability_gap(gpu_path, slow) <= 1e-5
+    channels_last, _, _, _ = _every_box_logits(model, x, settings, channels_last=True)  # the CUDA default
+    assert torch.allclose(cpu_path, channels_last, atol=1e-5, rtol=0)

@@ -17,12 +17,15 @@ Prints
    the same network, input and settings (mask 16, overlap 0.5 = stride 8), maps
    compared in the same run (target: >= 10x faster). By default over the ROI
    [0, 48)³ (MONAI's ``b_box``; 216 boxes, border and interior ones like the
-   whole grid) so that MONAI finishes in minutes; ``--quick``: [0, 24)³, 27 boxes;
+   whole grid) so that MONAI finishes in minutes; ``--quick``: [0, 24)³, 27 boxes.
+   On CUDA twice: with TF32 convolutions (torch's default there), then in strict
+   float32, where the maps must agree as on the CPU;
 3. forward passes (boxes) of each preset at 224³, and what the incremental
    engine costs for it in forward-pass equivalents;
-4. the time of a full 224³ five-fold map at the "standard" preset: measured on
-   CUDA (or with ``--full``), otherwise estimated from the unoccluded pass and a
-   random sample of boxes, and printed as an ESTIMATE;
+4. the time of a full 224³ five-fold map at the "standard" preset, estimated
+   from the unoccluded pass and a random sample of boxes (printed as an
+   ESTIMATE); then, on CUDA or with ``--full``, measured: all five folds if the
+   estimate fits ``--budget-s`` (default 300 s on CUDA), else one fold;
 5. (not with ``--quick``, not on a GPU) how many boxes of a preprocessed synthetic case are
    skipped because they change no voxel (background), per fill mode.
 
@@ -49,6 +52,7 @@ from RICENetLib.occlusion import (
     _Incremental,
     box_grid,
     count_boxes,
+    default_batch_size,
     occlusion_sensitivity,
 )
 
@@ -102,7 +106,7 @@ def flops_per_box(size: int, settings: OcclusionSettings, batch: int, sample_bat
     print(f"    + once per model, the unoccluded pass that fills the cache: {forward / 1e12:.3f} TFLOP")
 
 
-def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brute: bool) -> None:
+def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brute: bool, note: str = "") -> None:
     from monai.visualize import OcclusionSensitivity
 
     size = 96
@@ -113,7 +117,7 @@ def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brut
     boxes = count_boxes(x.shape[1:], settings)
     where = "whole image" if roi is None else f"ROI {roi[0]} per axis (MONAI b_box)"
     print(f"[2] 96^3, mask 16, overlap 0.5 (stride 8), gaussian fill, {where}: {boxes} boxes, batch {batch}, "
-          f"device {device}, {torch.get_num_threads()} threads")
+          f"device {device}, {torch.get_num_threads()} threads{note}")
 
     occlusion = OcclusionSensitivity(model, mask_size=16, n_batch=batch, verbose=False, mode="gaussian",
                                      overlap=0.5, activate=lambda out: out.softmax(1))
@@ -228,50 +232,99 @@ def background_boxes(size: int) -> None:
               f"({100 * (grid.count - live) / grid.count:.0f}%)")
 
 
-def full_224(device: torch.device, batch: int, estimate: bool, sample: int, folds: int = 5) -> None:
-    size = 224
-    settings = OCCLUSION_PRESETS["standard"]
-    grid = box_grid((size,) * 3, settings)
-    x = torch.randn(3, size, size, size, generator=torch.Generator().manual_seed(2)).to(device)
-    if not estimate:
-        models = [network(10 + f, device) for f in range(folds)]
-        sync(device)
-        began = time.perf_counter()
-        result = occlusion_sensitivity(models, x, OcclusionSettings(**{**settings.to_dict(), "batch_size": batch}))
-        sync(device)
-        seconds = time.perf_counter() - began
-        print(f"[4] full {size}^3 {folds}-fold map, 'standard' preset ({grid.count} boxes per model, batch {batch}), "
-              f"{device}: MEASURED {seconds:.1f} s ({result.engine}; {result.forward_passes} box evaluations)")
-        return
-    model = network(10, device)
-    net = compile_network(model)
+def estimate_per_box(device: torch.device, x: torch.Tensor, grid, batch: int, sample: int,
+                     channels_last: bool | None = None) -> tuple[float, float, int]:
+    """(unoccluded pass + cache seconds, seconds per box, boxes timed) from random batches of the real run.
+
+    ``channels_last``: the engine's layout switch (None: its default, channels-last on CUDA).
+    """
     sync(device)
     began = time.perf_counter()
-    evaluator = _Incremental(net.to(device, torch.float32), x)
+    evaluator = _Incremental(compile_network(network(10, device)).to(device, torch.float32), x, channels_last)
     sync(device)
     cache_seconds = time.perf_counter() - began
     batches = real_batches(evaluator.order, grid, batch, max(sample // batch, 1), 1)
     patches = torch.randn(batch, 3, *grid.mask, generator=torch.Generator().manual_seed(3)).to(device)
     mask = np.asarray(grid.mask)
-    warm = grid.starts[batches[0][:2]]
-    evaluator.logits(warm, patches[:2], warm, warm + mask)  # warm-up
+    for rounds in ((batches[:1],) if device.type == "cpu" else (batches,)):  # warm-up (GPU: each shape once)
+        for part in rounds:
+            starts = grid.starts[part]
+            evaluator.logits(starts, patches[:len(part)], starts, starts + mask)
     sync(device)
     began = time.perf_counter()
     for part in batches:
         starts = grid.starts[part]
         evaluator.logits(starts, patches[:len(part)], starts, starts + mask)
     sync(device)
-    sample = sum(len(part) for part in batches)
-    per_box = (time.perf_counter() - began) / sample
-    total = folds * (cache_seconds + grid.count * per_box)
+    timed = sum(len(part) for part in batches)
+    return cache_seconds, (time.perf_counter() - began) / timed, timed
+
+
+def full_224(device: torch.device, batch: int, measure: bool, sample: int, budget_s: float | None,
+             folds: int = 5) -> None:
+    """Estimate the 224³ five-fold 'standard' map from a sample of boxes; then, if asked, measure what fits.
+
+    The estimate comes first so that a GPU lease, whose time is short, never
+    starts a run that cannot finish: all folds are measured when the estimate
+    fits ``budget_s``, else one fold (and the five-fold time is that times five,
+    printed as such), else nothing. On CUDA the estimate is also printed for
+    the NCDHW layout and for half and double the batch.
+    """
+    size = 224
+    settings = OCCLUSION_PRESETS["standard"]
+    grid = box_grid((size,) * 3, settings)
+    x = torch.randn(3, size, size, size, generator=torch.Generator().manual_seed(2)).to(device)
     print(f"[4] full {size}^3 {folds}-fold map, 'standard' preset ({grid.count} boxes per model), {device}, "
           f"{torch.get_num_threads()} threads:")
-    print(f"    measured: unoccluded pass + cache {cache_seconds:.1f} s per model; {per_box:.3f} s per box "
-          f"({sample} boxes: random batches of the real run, batch {batch})")
-    print(f"    ESTIMATE (not measured): {total:.0f} s = {total / 3600:.2f} h for {folds} folds "
-          f"({folds} x ({cache_seconds:.1f} s + {grid.count} x {per_box:.3f} s))")
-    print(f"    brute force ESTIMATE: {folds * grid.count * cache_seconds / 3600:.0f} h "
-          f"({folds * grid.count} forward passes of ~{cache_seconds:.1f} s)")
+    variants = [("engine default", batch, None)]
+    if device.type == "cuda":
+        variants += [("NCDHW layout", batch, False), (f"batch {batch // 2}", batch // 2, None),
+                     (f"batch {2 * batch}", 2 * batch, None)]
+    estimates, cache_seconds = {}, {}
+    for name, size_of_batch, layout in variants:
+        cache_seconds[name], per_box, timed = estimate_per_box(device, x, grid, size_of_batch, sample, layout)
+        estimates[name] = total = folds * (cache_seconds[name] + grid.count * per_box)
+        print(f"    {name:15s}: unoccluded pass + cache {cache_seconds[name]:.2f} s per model; {per_box * 1e3:.2f} ms per box "
+              f"({timed} boxes: random batches of the real run, batch {size_of_batch}) -> ESTIMATE {total:.0f} s "
+              f"= {total / 3600:.2f} h for {folds} folds")
+    total = estimates["engine default"]
+    per_model = total / folds
+    # brute force pays one forward pass per box: on a CPU about the unoccluded pass, on a GPU timed warm
+    forward = cache_seconds["engine default"] if device.type == "cpu" else estimate_forward(device, x)
+    print(f"    brute force ESTIMATE: {folds * grid.count * forward / 3600:.1f} h "
+          f"({folds * grid.count} forward passes of {forward:.3f} s)")
+    if not measure:
+        return
+    budget = float("inf") if budget_s is None else budget_s
+    run_folds = folds if total <= budget else 1 if per_model <= budget else 0
+    if not run_folds:
+        print(f"    not measured: even one fold ({per_model:.0f} s estimated) exceeds the budget of {budget:.0f} s")
+        return
+    models = [network(10 + f, device) for f in range(run_folds)]
+    sync(device)
+    began = time.perf_counter()
+    result = occlusion_sensitivity(models, x, settings)  # what `ricenet predict` runs (engine defaults)
+    sync(device)
+    seconds = time.perf_counter() - began
+    if run_folds == folds:
+        print(f"    MEASURED (engine default): {seconds:.1f} s for the {folds}-fold map ({result.engine}; "
+              f"{result.forward_passes} box evaluations; batch {batch})")
+    else:
+        print(f"    MEASURED (engine default): {seconds:.1f} s for ONE fold ({result.engine}; {result.forward_passes} "
+              f"box evaluations; batch {batch}); {folds} folds at that rate: {folds * seconds:.0f} s (the estimate "
+              f"of {total:.0f} s exceeded the budget of {budget:.0f} s)")
+
+
+def estimate_forward(device: torch.device, x: torch.Tensor) -> float:
+    """Seconds of one plain forward pass (what brute force pays per box)."""
+    model = network(10, device)
+    with torch.inference_mode():
+        model(x[None])
+        sync(device)
+        began = time.perf_counter()
+        model(x[None])
+        sync(device)
+    return time.perf_counter() - began
 
 
 def main() -> None:
@@ -283,24 +336,41 @@ def main() -> None:
     parser.add_argument("--full96", action="store_true", help="compare with MONAI over the whole 96^3 grid")
     parser.add_argument("--with-brute", action="store_true", help="also time our brute-force engine at 96^3 "
                         "(always with --quick)")
-    parser.add_argument("--batch", type=int, default=None, help="boxes per batch (default 8 on CPU, 32 on CUDA)")
+    parser.add_argument("--batch", type=int, default=None, help="boxes per batch (default: the engine's, 8 on CPU, 64 on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--timings-only", action="store_true",
+                        help="skip [1] and [3], FLOP counts that do not depend on the device (saves a GPU lease's time)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="[4]: measure five folds only if the estimate fits this many seconds, else one fold "
+                        "(default: 300 on CUDA, unlimited with --full)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    batch = args.batch or (32 if device.type == "cuda" else 8)
+    batch = args.batch or default_batch_size(device)
     print(f"torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + f", {torch.get_num_threads()} CPU threads")
     # [1], [3] and [5] do not depend on the device and are CPU-bound: on a GPU machine, whose
     # time is short, they take their quick form (sampled batches; [5] left out).
     thorough = not args.quick and device.type == "cpu"
-    flops_per_box(224, OCCLUSION_PRESETS["standard"], batch, None if thorough else 32)
-    compare_96(device, batch, None if args.full96 else (24 if args.quick else 48), args.quick or args.with_brute)
-    presets(224, batch, not thorough)
-    estimate = args.skip_full or (device.type == "cpu" and not args.full)
-    full_224(device, batch, estimate, 8 if args.quick else 32)
+    if not args.timings_only:
+        flops_per_box(224, OCCLUSION_PRESETS["standard"], batch, None if thorough else 32)
+    roi_stop = None if args.full96 else (24 if args.quick else 48)
+    compare_96(device, batch, roi_stop, args.quick or args.with_brute,
+               ", TF32 convolutions (torch's default on CUDA)" if device.type == "cuda" else "")
+    if device.type == "cuda":  # exactness: the same comparison in strict float32
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            compare_96(device, batch, roi_stop, False, ", TF32 off (strict float32)")
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+    if not args.timings_only:
+        presets(224, batch, not thorough)
+    measure = not args.skip_full and (device.type != "cpu" or args.full)
+    budget = args.budget_s if args.budget_s is not None else (300.0 if device.type == "cuda" else None)
+    full_224(device, batch, measure, 8 if args.quick else (256 if device.type == "cuda" else 32), budget)
     if thorough:
         background_boxes(224)
 
