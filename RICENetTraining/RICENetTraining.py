@@ -32,7 +32,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from RICENetTrainingLib import LR_SCHEDULES
-from RICENetTrainingLib.slicer_logic import DEVICES, SKULL_STRIP_CHOICES, TrainingLogic, TrainingSettings, result_message
+from RICENetTrainingLib.slicer_logic import (CROP_CENTRES, DEVICES, SKULL_STRIP_CHOICES, TrainingLogic, TrainingSettings,
+                                             result_message)
 
 TRAINING_REQUIREMENTS = ("monai>=1.4", "safetensors>=0.4", "nibabel>=5", "matplotlib>=3.7")
 POLL_INTERVAL_MS = 500
@@ -74,6 +75,7 @@ class RICENetTrainingParameterNode:
     inputSize: Annotated[int, WithinRange(16, 512)] = 224
     spacingMm: Annotated[float, WithinRange(0.2, 10.0)] = 1.0
     skullStrip: Annotated[str, Choice(list(SKULL_STRIP_CHOICES))] = "deepbet"
+    cropCentre: Annotated[str, Choice(list(CROP_CENTRES))] = "brain"
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     metricsTable: vtkMRMLTableNode
     trainingChart: vtkMRMLPlotChartNode
@@ -90,6 +92,7 @@ def settingsFromParameterNode(node: RICENetTrainingParameterNode) -> TrainingSet
         use_postop=node.usePostop, use_event=node.useEvent, use_dose=node.useDose,
         n_folds=node.nFolds, epochs=node.epochs, seed=node.seed, device=node.device, batch_size=node.batchSize,
         learning_rate=node.learningRate, lr_schedule=node.lrSchedule, input_size=node.inputSize, spacing_mm=node.spacingMm, skull_strip=node.skullStrip,
+        crop_centre=node.cropCentre,
     )
 
 

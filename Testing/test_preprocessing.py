@@ -103,6 +103,26 @@ def test_dose_maximum_and_position_survive_into_model_space(result, case):
     assert result.info["dose"]["unit_of_input"] == "Gy"
 
 
+def test_dose_centred_box_holds_the_high_dose_region_at_finer_voxels(case):
+    """A box smaller than the brain, on the dose: the region above half the maximum dose and the maximum
+    itself stay inside it, and the way back from model space still lands on the patient's dose maximum."""
+    small = FAST.with_updates(spacing_mm=2.0, input_size=48)
+    on_dose = preprocess_case(case.postop, case.event, case.dose, small.with_updates(crop_centre="dose"))
+    on_brain = preprocess_case(case.postop, case.event, case.dose, small)
+    dose = sitk.GetArrayViewFromImage(case.dose)
+    point = np.array(case.dose.TransformIndexToPhysicalPoint(
+        [int(v) for v in np.unravel_index(int(np.argmax(dose)), dose.shape)[::-1]]))
+    gy = on_dose.arrays["dose"] * small.prescription_gy
+    assert float(gy.max()) == pytest.approx(float(dose.max()), rel=0.02)
+    high = on_dose.arrays["dose"] >= 0.5 * float(on_dose.arrays["dose"].max())
+    assert not (high[0].any() or high[-1].any() or high[:, 0].any() or high[:, -1].any()
+                or high[:, :, 0].any() or high[:, :, -1].any()), "the high-dose region touches the box's faces"
+    assert on_dose.crop != on_brain.crop and on_dose.params.crop_centre == "dose"
+    assert on_dose.info["skull_strip"]["brain_fraction_in_input"] < 1.0  # the box is smaller than the brain
+    index = np.round(on_dose.reference_point_to_model_index(point)).astype(int)
+    assert ((index >= 0) & (index < 48)).all() and gy[tuple(index)] >= 0.9 * float(dose.max())
+
+
 # ----------------------------------------------------------------------------- the way back
 
 
@@ -195,13 +215,14 @@ def test_load_refuses_a_foreign_folder(tmp_path):
 
 def test_parameters_round_trip_and_validation():
     params = PreprocessParameters(input_size=(96, 112, 96), dose_normalisation="zscore", dose_unit="cGy",
-                                  registration=RegistrationParameters(seed=3))
+                                  crop_centre="dose", registration=RegistrationParameters(seed=3))
     data = json.loads(json.dumps(params.to_dict()))
     assert PreprocessParameters.from_dict(data) == params
     assert PreprocessParameters.from_dict({}) == PreprocessParameters()
     for bad, name in (({"spacing_mm": 0}, "spacing_mm"), ({"skull_strip": "bet2"}, "skull_strip"),
                       ({"dose_unit": "Sv"}, "dose_unit"), ({"prescription_gy": -1}, "prescription_gy"),
-                      ({"input_size": [4, 4]}, "Input size"), ({"dose_normalisation": "max"}, "dose_normalisation")):
+                      ({"input_size": [4, 4]}, "Input size"), ({"dose_normalisation": "max"}, "dose_normalisation"),
+                      ({"crop_centre": "lesion"}, "crop_centre")):
         with pytest.raises(InputError, match=name):
             PreprocessParameters.from_dict(bad)
     with pytest.raises(InputError, match="Unknown preprocessing parameter"):

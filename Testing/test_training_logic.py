@@ -17,7 +17,7 @@ slicer = pytest.importorskip("slicer")
 from RICENetLib import mrml  # noqa: E402
 from RICENetLib.cohort import load_cohort  # noqa: E402
 from RICENetLib.errors import InputError  # noqa: E402
-from RICENetTrainingLib.slicer_logic import TrainingLogic, TrainingSettings, result_message  # noqa: E402
+from RICENetTrainingLib.slicer_logic import CROP_CENTRES as CROP_CENTRES_GUI, TrainingLogic, TrainingSettings, result_message  # noqa: E402
 
 
 def array_loader(size: int = 24):
@@ -126,10 +126,16 @@ def test_settings_are_checked(small_cohort, tmp_path):
         settings(small_cohort, tmp_path, use_postop=False, use_event=False, use_dose=False).validate()
     with pytest.raises(InputError, match="learning-rate schedule 'step'"):
         settings(small_cohort, tmp_path, lr_schedule="step").validate()
-    chosen = settings(small_cohort, tmp_path, use_postop=False, lr_schedule="cosine")
+    with pytest.raises(InputError, match="input-box centre 'lesion'"):
+        settings(small_cohort, tmp_path, crop_centre="lesion").validate()
+    chosen = settings(small_cohort, tmp_path, use_postop=False, lr_schedule="cosine", crop_centre="dose")
     params = chosen.training_parameters()
     assert params.modalities == ("event", "dose") and params.n_folds == 2 and params.epochs == 2
     assert params.lr_schedule == "cosine"
-    assert chosen.preprocessing() == {"spacing_mm": 8.0, "input_size": 24, "skull_strip": "none"}
+    assert chosen.preprocessing() == {"spacing_mm": 8.0, "input_size": 24, "skull_strip": "none", "crop_centre": "dose"}
+    from RICENetLib.preprocessing import CROP_CENTRES, PreprocessParameters
+
+    assert CROP_CENTRES_GUI == CROP_CENTRES  # the GUI's list, kept free of SimpleITK, is the engine's
+    assert PreprocessParameters.from_dict(chosen.preprocessing()).crop_centre == "dose"
     assert TrainingSettings.from_dict({**chosen.to_dict(), "extra": 1}) == chosen
     assert len(load_cohort(small_cohort)) >= 4

@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, default=3.75, help="preprocessing voxel size, mm (default 3.75)")
     parser.add_argument("--input-size", type=int, default=48, help="model input, voxels (default 48)")
     parser.add_argument("--skull-strip", default="none", help="default none: deepbet is not made for 3.75 mm voxels")
+    parser.add_argument("--crop-centre", default="brain", choices=("brain", "dose"),
+                        help="input box on the brain (default) or on the high-dose region (finer voxels)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -66,7 +68,8 @@ def main() -> None:
         write_cohort(out / "cohort", cases=args.cases, seed=args.cohort_seed, spacing_mm=None, size=args.synth_size)
     cases = load_cohort(cohort_csv)
     load, preprocessing = pipeline_loader({"spacing_mm": args.spacing, "input_size": args.input_size,
-                                           "skull_strip": args.skull_strip}, out / "cache")
+                                           "skull_strip": args.skull_strip, "crop_centre": args.crop_centre},
+                                          out / "cache")
     data = load_cases(cases, load)
     prepared = time.perf_counter()
     params = TrainingParameters(n_folds=args.folds, epochs=args.epochs, batch_size=args.batch_size,
@@ -76,7 +79,8 @@ def main() -> None:
     folds = folds_for_cohort(cases, out / "folds.json", args.folds, args.seed)
     labels = [c.label for c in cases]
     print(f"{len(cases)} synthetic cases ({labels.count('recurrence')} recurrence, {labels.count('rice')} RICE), "
-          f"input 3×{args.input_size}³ at {args.spacing} mm, skull strip {args.skull_strip}; prepared in "
+          f"input 3×{args.input_size}³ at {args.spacing} mm centred on the {args.crop_centre}, skull strip "
+          f"{args.skull_strip}; prepared in "
           f"{prepared - start:.0f} s", flush=True)
     print(f"training: resnet18 (conv1 stride {args.conv1_stride}), {args.folds} folds, {args.epochs} epochs, "
           f"batch {args.batch_size}, lr {args.lr:g} ({args.lr_schedule}), weight decay {args.weight_decay:g}, seed {args.seed}, device {args.device}, "

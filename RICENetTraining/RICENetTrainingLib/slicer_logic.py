@@ -27,6 +27,7 @@ from . import LR_SCHEDULES
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SKULL_STRIP_CHOICES = ("deepbet", "hd-bet", "none")
+CROP_CENTRES = ("brain", "dose")  # RICENetLib.preprocessing.CROP_CENTRES (checked by a test), without importing SimpleITK
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TrainingSettings:
     input_size: int = 224
     spacing_mm: float = 1.0
     skull_strip: str = "deepbet"
+    crop_centre: str = "brain"
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -69,6 +71,8 @@ class TrainingSettings:
             raise InputError(f"Unknown learning-rate schedule '{self.lr_schedule}'; use {' or '.join(LR_SCHEDULES)}.")
         if self.skull_strip not in SKULL_STRIP_CHOICES:
             raise InputError(f"Unknown skull-stripping backend '{self.skull_strip}'; use one of {', '.join(SKULL_STRIP_CHOICES)}.")
+        if self.crop_centre not in CROP_CENTRES:
+            raise InputError(f"Unknown input-box centre '{self.crop_centre}'; use one of {', '.join(CROP_CENTRES)}.")
         return self
 
     def training_parameters(self, **overrides: Any):
@@ -83,7 +87,8 @@ class TrainingSettings:
 
     def preprocessing(self) -> dict[str, Any]:
         """Preprocessing parameters stored in the bundle (the classifier repeats them on new cases)."""
-        return {"spacing_mm": float(self.spacing_mm), "input_size": int(self.input_size), "skull_strip": self.skull_strip}
+        return {"spacing_mm": float(self.spacing_mm), "input_size": int(self.input_size), "skull_strip": self.skull_strip,
+                "crop_centre": self.crop_centre}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,6 +35,7 @@ def input_size(text: str) -> int | tuple[int, int, int]:
 def add_preprocessing_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The pipeline's options, shared by ``preprocess``, ``train`` and ``ablate`` so they cannot drift apart."""
     from ..normalisation import DOSE_NORMALISATIONS, DOSE_UNITS
+    from ..preprocessing import CROP_CENTRES
     from ..registration import BACKENDS as REGISTRATION_BACKENDS
     from ..skull_strip import BACKENDS as SKULL_STRIP_BACKENDS
 
@@ -45,6 +46,9 @@ def add_preprocessing_arguments(parser: argparse.ArgumentParser | argparse._Argu
     parser.add_argument("--spacing", type=float, default=1.0, metavar="MM", help="isotropic voxel size in mm (default 1)")
     parser.add_argument("--input-size", type=input_size, default=224, metavar="VOX",
                         help="model input size in voxels: 224, or z,y,x (default 224; small sizes make quick runs)")
+    parser.add_argument("--crop-centre", choices=CROP_CENTRES, default="brain",
+                        help="centre of the input box: the brain (default; the paper's whole-brain input) or the "
+                        "region of at least half the maximum dose (fine voxels in a small input)")
     parser.add_argument("--dose-normalisation", choices=DOSE_NORMALISATIONS, default="prescription",
                         help="dose channel: Gy / prescription (default) or z-score (the paper)")
     parser.add_argument("--prescription", type=float, default=60.0, metavar="GY",
@@ -71,7 +75,7 @@ def preprocessing_parameters(args: argparse.Namespace):
     return PreprocessParameters(
         spacing_mm=args.spacing, input_size=args.input_size, skull_strip=args.skull_strip,
         dose_normalisation=args.dose_normalisation, prescription_gy=args.prescription, dose_unit=args.dose_unit,
-        registration=RegistrationParameters(backend=args.registration_backend),
+        crop_centre=args.crop_centre, registration=RegistrationParameters(backend=args.registration_backend),
     ).validate()
 
 
