@@ -82,13 +82,15 @@ def test_prediction_is_deterministic(tiny_bundle, case_paths):
     assert a.event_to_reference is not None and a.reference is not None
 
 
-def test_cohort_batch_mode(tiny_bundle, case_paths, tmp_path):
+def test_cohort_batch_mode(tiny_bundle, case_paths, tmp_path, capsys):
     cohort = write_cohort_csv(tmp_path / "cohort.csv", [Case("P1", "rice", case_paths), Case("P2", None, case_paths)])
     assert main(["predict", "--bundle", str(tiny_bundle), "--cohort", str(cohort), "--out", str(tmp_path / "out"),
                  "--device", "cpu"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv", encoding="utf-8")))
     assert [r["patient_id"] for r in rows] == ["P1", "P2"]
     assert rows[0]["true_label"] == "rice" and rows[1]["true_label"] == ""
+    correct = int(rows[0]["predicted_label"] == "rice")  # the summary scores the labelled case only
+    assert f"(1 of 2 cases labelled): {correct} correct (accuracy {correct:.3f})" in capsys.readouterr().out
     assert (tmp_path / "out" / "P2" / "report.html").exists()
 
 

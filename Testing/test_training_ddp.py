@@ -14,7 +14,7 @@ import torch
 
 from RICENetLib.bundle import load_bundle
 from RICENetTrainingLib.checkpoint import load_checkpoint
-from RICENetTrainingLib.metrics import classification_metrics
+from RICENetLib.metrics import classification_metrics
 from RICENetTrainingLib.training import TrainingParameters, rank_batches
 from training_data import make_cohort, tiny_architecture
 

@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from RICENetLib.bundle import load_bundle
 from RICENetLib.cohort import load_cohort
 from RICENetLib.inference import predict_case, resolve_occlusion
-from RICENetTrainingLib.metrics import classification_metrics
+from RICENetLib.metrics import classification_metrics
 
 
 def main() -> None:

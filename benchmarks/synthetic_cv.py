@@ -30,7 +30,7 @@ from RICENetTrainingLib import LR_SCHEDULES
 from RICENetTrainingLib.ablation import COMBINATIONS, ablation_markdown, run_ablation
 from RICENetTrainingLib.dataset import load_cases, pipeline_loader
 from RICENetTrainingLib.folds import folds_for_cohort
-from RICENetTrainingLib.metrics import format_mean_sd
+from RICENetLib.metrics import format_mean_sd
 from RICENetTrainingLib.training import TrainingParameters, train_ensemble
 
 

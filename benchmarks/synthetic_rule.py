@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from RICENetLib.cohort import load_cohort
 from RICENetTrainingLib.folds import folds_for_cohort
-from RICENetTrainingLib.metrics import format_mean_sd, macro_f1
+from RICENetLib.metrics import format_mean_sd, macro_f1
 
 
 def features(cases) -> dict[str, np.ndarray]:

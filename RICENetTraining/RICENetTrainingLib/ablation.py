@@ -24,11 +24,11 @@ from RICENetLib import MODALITIES
 from RICENetLib.atomic import write_text
 from RICENetLib.cohort import Case
 from RICENetLib.errors import InputError
+from RICENetLib.metrics import format_mean_sd, mean_sd
 from RICENetLib.progress import as_progress
 
 from .dataset import CaseLoader, CaseTensors, load_cases, pipeline_loader
 from .folds import Folds, check_cohort, folds_for_cohort
-from .metrics import format_mean_sd, mean_sd
 from .training import TrainingParameters, TrainingResult, resolve_device, train_ensemble
 
 #: The paper's rows, in its order.

@@ -52,6 +52,7 @@ from RICENetLib import CLASS_NAMES, MODALITIES
 from RICENetLib.atomic import write_text
 from RICENetLib.cohort import Case
 from RICENetLib.errors import InputError, reject_unknown_keys
+from RICENetLib.metrics import classification_metrics, mean_sd
 from RICENetLib.progress import Progress, as_progress
 
 from . import LR_SCHEDULES
@@ -60,7 +61,6 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .dataset import CaseLoader, CaseSamples, CaseTensors, load_cases, pipeline_loader
 from .ddp import DistContext, unwrap, wrap
 from .folds import Folds, check_cohort, folds_for_cohort
-from .metrics import classification_metrics, mean_sd
 
 #: ``on_epoch(fold, epoch, row)`` is called after every epoch with that epoch's history row.
 EpochCallback = Callable[[int, int, dict[str, Any]], None]
@@ -451,7 +451,7 @@ def _better(row: dict[str, Any], best: dict[str, Any]) -> bool:
 
 
 def _macro_f1_from_confusion(matrix: torch.Tensor) -> float:
-    from .metrics import f1_per_class
+    from RICENetLib.metrics import f1_per_class
 
     return float(f1_per_class(matrix.numpy()).mean())
 

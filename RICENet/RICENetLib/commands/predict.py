@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     cases = load_cohort(args.cohort, require_labels=False)
     out = Path(args.out)
-    rows = []
+    rows, scored = [], []
     with progress_bar(f"predicting {len(cases)} cases") as progress:
         for index, case in enumerate(cases):
             def case_progress(fraction: float, message: str, index: int = index) -> None:
@@ -84,10 +84,29 @@ def run(args: argparse.Namespace) -> int:
             data = prediction.to_dict()
             rows.append([case.patient_id, case.label or "", data["label"], data["agreement"]]
                         + [f"{data['probabilities'][c]:.4f}" for c in bundle.class_names])
+            scored.append((case.label, data["label"], [data["probabilities"][c] for c in bundle.class_names]))
     table = out / "predictions.csv"
     with atomic_path(table) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["patient_id", "true_label", "predicted_label", "agreement"] + [f"p_{c}" for c in bundle.class_names])
         writer.writerows(rows)
     print(f"{len(rows)} cases classified; table: {table}")
+    labelled = [(truth, label, p) for truth, label, p in scored if truth in bundle.class_names]
+    if labelled:
+        print(labelled_summary(labelled, bundle.class_names, len(rows)))
     return 0
+
+
+def labelled_summary(scored, class_names, total: int) -> str:
+    """Accuracy, macro F1 and AUC of the ensemble's votes against the cohort's labels (a test set's figures)."""
+    from ..metrics import macro_f1, roc_auc
+
+    index = {name: k for k, name in enumerate(class_names)}
+    truth = [index[t] for t, _, _ in scored]
+    voted = [index[label] for _, label, _ in scored]
+    correct = sum(t == v for t, v in zip(truth, voted))
+    text = (f"against the cohort's labels ({len(scored)} of {total} cases labelled): {correct} correct "
+            f"(accuracy {correct / len(scored):.3f}), macro F1 {macro_f1(truth, voted, len(class_names)):.3f}")
+    if len(class_names) == 2 and len(set(truth)) == 2:
+        text += f", AUC {roc_auc(truth, [p[1] for _, _, p in scored]):.3f} (mean probability of {class_names[1]})"
+    return text

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from RICENetLib.bundle import mean_sd  # noqa: F401  (re-exported: one definition for bundles and tables)
+from .bundle import mean_sd  # noqa: F401  (re-exported: one definition for bundles and tables)
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int = 2) -> np.ndarray:
