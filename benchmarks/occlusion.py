@@ -104,6 +104,29 @@ def flops_per_box(size: int, settings: OcclusionSettings, batch: int, sample_bat
     print(f"    incremental, per occluded box:      {per_box / 1e9:.1f} GFLOP  -> {forward / per_box:.1f}x fewer "
           f"(target >= 30x)")
     print(f"    + once per model, the unoccluded pass that fills the cache: {forward / 1e12:.3f} TFLOP")
+    stages = interior_box_by_stage(size, settings, model)
+    print(f"    one interior box, by stage: " + ", ".join(f"{name} {flops / 1e9:.1f}" for name, flops in stages.items())
+          + f" GFLOP (total {sum(stages.values()) / 1e9:.1f}): the deep layers' windows cover most of their maps")
+
+
+def interior_box_by_stage(size: int, settings: OcclusionSettings, model: torch.nn.Module) -> dict[str, float]:
+    """FLOPs of one box in the middle of the image, per ResNet stage (named by output channels, resnet18)."""
+    runner = _Incremental(compile_network(model).to("meta", torch.float32),
+                          torch.zeros(3, size, size, size, device="meta")).runner
+    names = {64: "layer1", 128: "layer2", 256: "layer3", 512: "layer4"}
+    stages: dict[str, float] = {}
+    count = runner.tally.conv
+
+    def by_stage(weight: torch.Tensor, out: torch.Tensor) -> None:
+        name = "stem" if weight.shape[1] == 3 else names.get(weight.shape[0], "other")
+        stages[name] = stages.get(name, 0.0) + 2 * out.numel() * int(np.prod(weight.shape[1:]))
+        count(weight, out)
+
+    runner.tally.conv = by_stage
+    mask = np.asarray(box_grid((size,) * 3, settings).mask)
+    start = np.full((1, 3), size // 2) - mask // 2
+    runner.logits(start, torch.zeros(1, 3, *mask, device="meta"), start, start + mask)
+    return stages
 
 
 def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brute: bool, note: str = "") -> None:
