@@ -9,8 +9,8 @@ import pytest
 
 from RICENetLib.cohort import Case
 from RICENetLib.errors import InputError
-from RICENetTrainingLib.folds import (check_cohort, default_folds_path, folds_for_cohort, load_folds, make_folds)
 from RICENetLib.metrics import classification_metrics, format_mean_sd, macro_f1, mean_sd
+from RICENetTrainingLib.folds import (check_cohort, default_folds_path, folds_for_cohort, load_folds, make_folds)
 
 
 def cohort(n_recurrence: int = 48, n_rice: int = 32) -> list[Case]:

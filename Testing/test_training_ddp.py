@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from RICENetLib.bundle import load_bundle
-from RICENetTrainingLib.checkpoint import load_checkpoint
 from RICENetLib.metrics import classification_metrics
+from RICENetTrainingLib.checkpoint import load_checkpoint
 from RICENetTrainingLib.training import TrainingParameters, rank_batches
 from training_data import make_cohort, tiny_architecture
 

@@ -326,7 +326,8 @@ def full_224(device: torch.device, batch: int, measure: bool, sample: int, budge
     models = [network(10 + f, device) for f in range(run_folds)]
     sync(device)
     began = time.perf_counter()
-    result = occlusion_sensitivity(models, x, settings)  # what `ricenet predict` runs (engine defaults)
+    # what `ricenet predict` runs, at the benchmark's batch (by default the engine's own)
+    result = occlusion_sensitivity(models, x, OcclusionSettings(**{**settings.to_dict(), "batch_size": batch}))
     sync(device)
     seconds = time.perf_counter() - began
     if run_folds == folds:

@@ -24,13 +24,14 @@ from pathlib import Path
 import torch
 
 from RICENetLib.cohort import load_cohort
+from RICENetLib.metrics import format_mean_sd
 from RICENetLib.model import default_architecture
+from RICENetLib.preprocessing import CROP_CENTRES
 from RICENetLib.synthetic import write_cohort
 from RICENetTrainingLib import LR_SCHEDULES
 from RICENetTrainingLib.ablation import COMBINATIONS, ablation_markdown, run_ablation
 from RICENetTrainingLib.dataset import load_cases, pipeline_loader
 from RICENetTrainingLib.folds import folds_for_cohort
-from RICENetLib.metrics import format_mean_sd
 from RICENetTrainingLib.training import TrainingParameters, train_ensemble
 
 
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, default=3.75, help="preprocessing voxel size, mm (default 3.75)")
     parser.add_argument("--input-size", type=int, default=48, help="model input, voxels (default 48)")
     parser.add_argument("--skull-strip", default="none", help="default none: deepbet is not made for 3.75 mm voxels")
-    parser.add_argument("--crop-centre", default="brain", choices=("brain", "dose"),
+    parser.add_argument("--crop-centre", default="brain", choices=CROP_CENTRES,
                         help="input box on the brain (default) or on the high-dose region (finer voxels)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=40)

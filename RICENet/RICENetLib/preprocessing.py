@@ -45,12 +45,12 @@ from .progress import CancelCheck, Progress, ProgressCallback, as_progress
 from .registration import RegistrationParameters, RegistrationResult, register_rigid, transform_matrix
 from .resampling import Geometry, check_dose_overlap, interpolator_code, isotropic_geometry, resample_to
 from .skull_strip import BACKENDS as SKULL_STRIP_BACKENDS
-
-#: Where the input box is centred (PreprocessParameters.crop_centre).
-CROP_CENTRES = ("brain", "dose")
 from .skull_strip import brain_volume_ml, skull_strip
 
 log = logging.getLogger(__name__)
+
+#: Where the input box is centred (PreprocessParameters.crop_centre).
+CROP_CENTRES = ("brain", "dose")
 
 FORMAT = "ricenet-preprocess"
 #: Bumped whenever the same inputs and parameters would give different results (invalidates caches).
@@ -419,25 +419,21 @@ def preprocess_case(postop: Any, event: Any, dose: Any, params: Optional[Preproc
 
     # 5. model grid and the channels on it
     p(0.85, "cropping and resampling into model space")
+    # The box holds a region: the brain, or the brain's part receiving at least half the maximum dose.
+    region, region_name, source = mask_iso_array > 0, "the brain", postop_name
     if params.crop_centre == "dose":
         dose_iso = sitk.GetArrayFromImage(resample_to(dose_gy, iso_geometry, interpolator="linear", default=0.0))
-        high_dose = (dose_iso >= 0.5 * float(dose_iso.max())) & (mask_iso_array > 0)
-        if not high_dose.any():
+        region = region & (dose_iso >= 0.5 * float(dose_iso.max()))
+        region_name, source = "the brain's region above half the maximum dose", dose_name
+        if not region.any():
             raise InputError(f"{dose_name}: no brain voxel receives half the maximum dose, so the input box cannot "
                              "be centred on the dose; use crop_centre 'brain'.")
-        box = crop_box_around(high_dose, params.size_zyx)
-        kept = fraction_inside(high_dose, box)
-        if kept < 0.99:
-            log.warning("%s: the %s-voxel input box keeps %.1f %% of the brain's region above half the maximum "
-                        "dose; a larger input size or voxel would keep all of it.",
-                        case_id or dose_name, "×".join(map(str, params.size_zyx)), 100 * kept)
-        kept = fraction_inside(mask_iso_array, box)
-    else:
-        box = crop_box_around(mask_iso_array, params.size_zyx)
-        kept = fraction_inside(mask_iso_array, box)
-        if kept < 0.99:
-            log.warning("%s: the %s-voxel input box keeps %.1f %% of the brain; a larger input size would keep all "
-                        "of it.", case_id or postop_name, "×".join(map(str, params.size_zyx)), 100 * kept)
+    box = crop_box_around(region, params.size_zyx)
+    in_view = fraction_inside(region, box)
+    if in_view < 0.99:
+        log.warning("%s: the %s-voxel input box keeps %.1f %% of %s; a larger input size or voxel size would keep "
+                    "all of it.", case_id or source, "×".join(map(str, params.size_zyx)), 100 * in_view, region_name)
+    kept = fraction_inside(mask_iso_array, box)
     model_geometry = cropped_geometry(iso_geometry, box)
     postop_model = crop_or_pad(sitk.GetArrayViewFromImage(postop_iso), box)
     mask_model = crop_or_pad(mask_iso_array, box)

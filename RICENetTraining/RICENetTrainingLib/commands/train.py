@@ -124,8 +124,8 @@ def is_main_process() -> bool:
 def run(args: argparse.Namespace) -> int:
     from RICENetLib.cohort import load_cohort
     from RICENetLib.commands.progressbar import progress_bar
-
     from RICENetLib.metrics import format_mean_sd
+
     from ..training import train_ensemble
 
     params = training_parameters(args, args.modalities)
