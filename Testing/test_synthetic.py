@@ -13,7 +13,7 @@ from RICENetLib.cli import main
 from RICENetLib.cohort import load_cohort
 from RICENetLib.errors import InputError
 from RICENetLib.image_io import read_image
-from RICENetLib.synthetic import generate_case
+from RICENetLib.synthetic import generate_case, write_cohort
 
 
 def _digest(folder):
@@ -38,7 +38,8 @@ def test_synth_cli_writes_a_valid_deterministic_cohort(tmp_path, capsys):
         for name in ("brain_mask.nii.gz", "lesion_mask.nii.gz", "event_from_reference.tfm"):
             assert (truth_dir / name).exists()
     assert (tmp_path / "a" / "NOTICE-MNI-ICBM152.txt").read_text(encoding="utf-8").startswith("The synthetic anatomy")
-    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    # the same files again, made by two worker processes
+    assert main(args + ["--workers", "2", "--out", str(tmp_path / "b")]) == 0
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert main(["synth", "--cases", "2", "--size", "32", "--seed", "4", "--out", str(tmp_path / "c")]) == 0
     assert _digest(tmp_path / "c")["SYN001/event.nii.gz"] != _digest(tmp_path / "a")["SYN001/event.nii.gz"]
@@ -106,6 +107,8 @@ def test_label_noise_flips_some_labels():
 
 
 def test_bad_arguments():
+    with pytest.raises(InputError, match="worker processes"):
+        write_cohort("unused", cases=2, workers=0)
     with pytest.raises(InputError, match="unknown label"):
         generate_case("X", "necrosis", seed=0, size=32)
     with pytest.raises(InputError, match="too small"):

@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="voxels across the largest side of the field of view instead of --spacing (small test cases)")
     parser.add_argument("--label-noise", type=float, default=0.0, metavar="P",
                         help="probability of flipping each written label (default 0)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="make the patients in N processes (default 1); the files are the same")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +39,6 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("synthesising") as progress:
         csv_path = write_cohort(args.out, cases=args.cases, seed=args.seed,
                                 spacing_mm=None if args.size else (args.spacing or 1.0), size=args.size,
-                                label_noise=args.label_noise, progress=progress)
+                                label_noise=args.label_noise, workers=args.workers, progress=progress)
     print(json.dumps(summarise_cohort(csv_path), indent=2))
     return 0
