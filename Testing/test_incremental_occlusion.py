@@ -8,6 +8,8 @@ in float32 to the issue's 1e-4 in probability.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -34,14 +36,15 @@ ARCHITECTURES = {
 }
 
 
-def _every_box_logits(model, x, settings, channels_last=None):
+def _every_box_logits(model, x, settings, channels_last=None, winograd_channels=0):
     """(incremental, brute) logits of every box of the grid that changes something, and the box counts."""
     grid = box_grid(x.shape[1:], settings)
     fill = _Fill(x, grid.mask, settings.mode, None)
     original, patches = fill.occlude(grid.starts)
     lo, hi = _changed_box(original, patches, grid.starts)
     live = (lo < hi).all(axis=1)
-    runner = IncrementalRunner(compile_network(model), x, channels_last=channels_last)
+    runner = IncrementalRunner(compile_network(model), x, channels_last=channels_last,
+                               winograd_channels=winograd_channels)
     fast = runner.logits(grid.starts[live], patches[live], lo[live], hi[live])
     batch = x[None].repeat(int(live.sum()), 1, 1, 1, 1)
     m = grid.mask
@@ -198,3 +201,47 @@ def test_gpu_gather_path_equals_cpu_path(monkeypatch):
     assert torch.allclose(cpu_path, gpu_path, atol=1e-6, rtol=0) and _probability_gap(gpu_path, slow) <= 1e-5
     channels_last, _, _, _ = _every_box_logits(model, x, settings, channels_last=True)  # the CUDA default
     assert torch.allclose(cpu_path, channels_last, atol=1e-5, rtol=0)
+
+
+def test_winograd_convolution_equals_direct():
+    """F(2×2×2, 3×3×3) against F.conv3d: odd and even sizes, the smallest input, both layouts."""
+    import torch.nn.functional as F
+
+    from RICENetLib.winograd import winograd_conv3d, winograd_weights
+
+    generator = torch.Generator().manual_seed(5)
+    for shape in [(2, 5, 4, 5, 6), (3, 8, 3, 3, 3), (1, 4, 7, 9, 8)]:
+        x = torch.randn(*shape, generator=generator, dtype=torch.float64)
+        w = torch.randn(6, shape[1], 3, 3, 3, generator=generator, dtype=torch.float64)
+        b = torch.randn(6, generator=generator, dtype=torch.float64)
+        direct = F.conv3d(x, w, b)
+        y = winograd_conv3d(x, winograd_weights(w), b)
+        assert y.shape == direct.shape and torch.allclose(y, direct, atol=1e-12, rtol=0)
+        x32 = x.float().contiguous(memory_format=torch.channels_last_3d)
+        y32 = winograd_conv3d(x32, winograd_weights(w.float()), b.float())
+        assert (y32.double() - direct).abs().max() <= 1e-4 * direct.abs().max()
+    with pytest.raises(ValueError, match="3×3×3"):
+        winograd_weights(torch.zeros(2, 2, 5, 5, 5))
+    with pytest.raises(ValueError, match="smaller than"):
+        winograd_conv3d(torch.zeros(1, 2, 2, 5, 5), winograd_weights(torch.zeros(2, 2, 3, 3, 3)))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "bottleneck"])
+def test_winograd_engine_equals_brute_force(name):
+    """Every stride-1 3×3×3 convolution by Winograd's algorithm: still brute force's answer."""
+    model = _randomise_bn(ARCHITECTURES[name](), 6)
+    x = torch.randn(2, 14, 13, 11, generator=torch.Generator().manual_seed(6))
+    settings = OcclusionSettings(mask_size=(5, 6, 4), stride=(4, 3, 4))
+    runner = IncrementalRunner(compile_network(model), x, winograd_channels=1)
+    assert sum(conv.winograd is not None for block in runner.net.blocks for conv in block.main) > 0
+    for mode in ("gaussian", -0.7):
+        fast, slow, _, _ = _every_box_logits(model, x, OcclusionSettings(**{**settings.to_dict(), "mode": mode}),
+                                             winograd_channels=1)
+        assert _probability_gap(fast, slow) <= 1e-5, mode
+    cl, slow, _, _ = _every_box_logits(model, x, settings, channels_last=True, winograd_channels=1)
+    assert _probability_gap(cl, slow) <= 1e-5
+    fast, slow, _, _ = _every_box_logits(copy.deepcopy(model).double(), x.double(), settings, winograd_channels=1)
+    assert torch.allclose(fast, slow, atol=1e-9, rtol=0), (fast - slow).abs().max()
+    maps = [occlusion_sensitivity([model], x, OcclusionSettings(mask_size=5, stride=4, winograd_channels=w)).sensitivity
+            for w in (0, 1)]
+    np.testing.assert_allclose(maps[0], maps[1], atol=1e-5)

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from RICENetLib.incremental_occlusion import compile_network
+from RICENetLib.incremental_occlusion import compile_network, default_winograd_channels
 from RICENetLib.occlusion import (
     OCCLUSION_PRESETS,
     OcclusionSettings,
@@ -129,14 +129,16 @@ def interior_box_by_stage(size: int, settings: OcclusionSettings, model: torch.n
     return stages
 
 
-def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brute: bool, note: str = "") -> None:
+def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brute: bool, winograd: int | None,
+               note: str = "") -> None:
     from monai.visualize import OcclusionSensitivity
 
     size = 96
     model = network(1, device)
     x = torch.randn(3, size, size, size, generator=torch.Generator().manual_seed(1)).to(device)
     roi = None if roi_stop is None else ((0, roi_stop),) * 3
-    settings = OcclusionSettings(mask_size=16, overlap=0.5, mode="gaussian", roi=roi, batch_size=batch)
+    settings = OcclusionSettings(mask_size=16, overlap=0.5, mode="gaussian", roi=roi, batch_size=batch,
+                                 winograd_channels=winograd)
     boxes = count_boxes(x.shape[1:], settings)
     where = "whole image" if roi is None else f"ROI {roi[0]} per axis (MONAI b_box)"
     print(f"[2] 96^3, mask 16, overlap 0.5 (stride 8), gaussian fill, {where}: {boxes} boxes, batch {batch}, "
@@ -153,13 +155,19 @@ def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brut
     sync(device)
     monai_seconds = time.perf_counter() - began
 
+    # the engine as configured, then with Winograd's algorithm from 256 and from 512 channels
+    runs = {"incremental": {"engine": "incremental"}}
+    chosen = default_winograd_channels(device) if winograd is None else winograd
+    runs.update({f"+Winograd>={c}": {"engine": "incremental", "winograd_channels": c} for c in (256, 512) if c != chosen})
+    if with_brute:
+        runs["brute"] = {"engine": "brute"}
     results = {}
-    for engine in ("incremental", "brute") if with_brute else ("incremental",):
+    for name, change in runs.items():
         sync(device)
         began = time.perf_counter()
-        results[engine] = occlusion_sensitivity([model], x, OcclusionSettings(**{**settings.to_dict(), "engine": engine}))
+        results[name] = occlusion_sensitivity([model], x, OcclusionSettings(**{**settings.to_dict(), **change}))
         sync(device)
-        results[engine].seconds = time.perf_counter() - began
+        results[name].seconds = time.perf_counter() - began
     target = results["incremental"].target_class
     with torch.inference_mode():
         p0 = model(x[None]).softmax(1)[0, target]
@@ -167,13 +175,13 @@ def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brut
     inside = tuple(slice(None) for _ in range(3)) if roi is None else tuple(slice(a, b) for a, b in roi)
     fast = results["incremental"]
     print(f"    MONAI OcclusionSensitivity: {monai_seconds:8.1f} s")
-    for engine, result in results.items():
+    for name, result in results.items():
         gap = float(np.abs(result.sensitivity[inside] - theirs).max())
-        print(f"    ours, {engine:11s}:       {result.seconds:8.1f} s   max |map - MONAI's| = {gap:.1e} "
-              f"(map range {float(np.abs(theirs).max()):.1e})")
+        print(f"    ours, {name:15s}:   {result.seconds:8.1f} s   max |map - MONAI's| = {gap:.1e} "
+              f"(map range {float(np.abs(theirs).max()):.1e}); {monai_seconds / result.seconds:.1f}x MONAI's speed")
     versus_brute = (f"; over our brute force: {results['brute'].seconds / fast.seconds:.1f}x" if with_brute else "")
-    print(f"    speed-up of the incremental engine over MONAI: {monai_seconds / fast.seconds:.1f}x "
-          f"(target >= 10x){versus_brute}")
+    print(f"    speed-up of the incremental engine ({f'Winograd from {chosen} channels' if chosen else 'Winograd off'}) "
+          f"over MONAI: {monai_seconds / fast.seconds:.1f}x (target >= 10x){versus_brute}")
     full, per_box = flops_over_boxes(size, settings)
     print(f"    exact saving over these boxes (meta device): {per_box / 1e9:.1f} GFLOP per box against "
           f"{full / 1e9:.1f} for a full pass, {full / per_box:.2f}x fewer FLOPs")
@@ -274,14 +282,14 @@ def background_boxes(size: int) -> None:
 
 
 def estimate_per_box(device: torch.device, x: torch.Tensor, grid, batch: int, sample: int,
-                     channels_last: bool | None = None) -> tuple[float, float, int]:
+                     channels_last: bool | None = None, winograd: int | None = None) -> tuple[float, float, int]:
     """(unoccluded pass + cache seconds, seconds per box, boxes timed) from random batches of the real run.
 
-    ``channels_last``: the engine's layout switch (None: its default, channels-last on CUDA).
+    ``channels_last``, ``winograd``: the engine's layout and Winograd switches (None: its defaults).
     """
     sync(device)
     began = time.perf_counter()
-    evaluator = _Incremental(compile_network(network(10, device)).to(device, torch.float32), x, channels_last)
+    evaluator = _Incremental(compile_network(network(10, device)).to(device, torch.float32), x, channels_last, winograd)
     sync(device)
     cache_seconds = time.perf_counter() - began
     batches = real_batches(evaluator.order, grid, batch, max(sample // batch, 1), 1)
@@ -302,14 +310,15 @@ def estimate_per_box(device: torch.device, x: torch.Tensor, grid, batch: int, sa
 
 
 def full_224(device: torch.device, batch: int, measure: bool, sample: int, budget_s: float | None,
-             folds: int = 5) -> None:
+             winograd: int | None, folds: int = 5) -> None:
     """Estimate the 224³ five-fold 'standard' map from a sample of boxes; then, if asked, measure what fits.
 
     The estimate comes first so that a GPU lease, whose time is short, never
     starts a run that cannot finish: all folds are measured when the estimate
     fits ``budget_s``, else one fold (and the five-fold time is that times five,
-    printed as such), else nothing. On CUDA the estimate is also printed for
-    the NCDHW layout and for half and double the batch.
+    printed as such), else nothing. The estimate is also printed with
+    Winograd's algorithm for the convolutions of at least 256 and of 512
+    channels, and on CUDA for the NCDHW layout and for half and double the batch.
     """
     size = 224
     settings = OCCLUSION_PRESETS["standard"]
@@ -317,15 +326,17 @@ def full_224(device: torch.device, batch: int, measure: bool, sample: int, budge
     x = torch.randn(3, size, size, size, generator=torch.Generator().manual_seed(2)).to(device)
     print(f"[4] full {size}^3 {folds}-fold map, 'standard' preset ({grid.count} boxes per model), {device}, "
           f"{torch.get_num_threads()} threads:")
-    variants = [("engine default", batch, None)]
+    variants = [("engine default", batch, None, winograd)]
+    chosen = default_winograd_channels(device) if winograd is None else winograd
+    variants += [(f"Winograd >= {c} ch", batch, None, c) for c in (256, 512) if c != chosen]
     if device.type == "cuda":
-        variants += [("NCDHW layout", batch, False), (f"batch {batch // 2}", batch // 2, None),
-                     (f"batch {2 * batch}", 2 * batch, None)]
+        variants += [("NCDHW layout", batch, False, winograd), (f"batch {batch // 2}", batch // 2, None, winograd),
+                     (f"batch {2 * batch}", 2 * batch, None, winograd)]
     estimates, cache_seconds = {}, {}
-    for name, size_of_batch, layout in variants:
-        cache_seconds[name], per_box, timed = estimate_per_box(device, x, grid, size_of_batch, sample, layout)
+    for name, size_of_batch, layout, channels in variants:
+        cache_seconds[name], per_box, timed = estimate_per_box(device, x, grid, size_of_batch, sample, layout, channels)
         estimates[name] = total = folds * (cache_seconds[name] + grid.count * per_box)
-        print(f"    {name:15s}: unoccluded pass + cache {cache_seconds[name]:.2f} s per model; {per_box * 1e3:.2f} ms per box "
+        print(f"    {name:17s}: unoccluded pass + cache {cache_seconds[name]:.2f} s per model; {per_box * 1e3:.2f} ms per box "
               f"({timed} boxes: random batches of the real run, batch {size_of_batch}) -> ESTIMATE {total:.0f} s "
               f"= {total / 3600:.2f} h for {folds} folds")
     total = estimates["engine default"]
@@ -345,7 +356,8 @@ def full_224(device: torch.device, batch: int, measure: bool, sample: int, budge
     sync(device)
     began = time.perf_counter()
     # what `ricenet predict` runs, at the benchmark's batch (by default the engine's own)
-    result = occlusion_sensitivity(models, x, OcclusionSettings(**{**settings.to_dict(), "batch_size": batch}))
+    result = occlusion_sensitivity(models, x, OcclusionSettings(**{**settings.to_dict(), "batch_size": batch,
+                                                                   "winograd_channels": winograd}))
     sync(device)
     seconds = time.perf_counter() - began
     if run_folds == folds:
@@ -380,6 +392,9 @@ def main() -> None:
                         "(always with --quick)")
     parser.add_argument("--batch", type=int, default=None, help="boxes per batch (default: the engine's, 8 on CPU, 64 on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--winograd-channels", type=int, default=None, metavar="C",
+                        help="[2], [4]: Winograd's algorithm for 3x3x3 convolutions of >= C channels (0: off; "
+                        "default: the engine's choice for the device)")
     parser.add_argument("--timings-only", action="store_true",
                         help="skip [1] and [3], FLOP counts that do not depend on the device (saves a GPU lease's time)")
     parser.add_argument("--budget-s", type=float, default=None,
@@ -399,20 +414,21 @@ def main() -> None:
     if not args.timings_only:
         flops_per_box(224, OCCLUSION_PRESETS["standard"], batch, None if thorough else 32)
     roi_stop = None if args.full96 else (24 if args.quick else 48)
-    compare_96(device, batch, roi_stop, args.quick or args.with_brute,
+    compare_96(device, batch, roi_stop, args.quick or args.with_brute, args.winograd_channels,
                ", TF32 convolutions (torch's default on CUDA)" if device.type == "cuda" else "")
     if device.type == "cuda":  # exactness: the same comparison in strict float32
         tf32 = torch.backends.cudnn.allow_tf32
         torch.backends.cudnn.allow_tf32 = False
         try:
-            compare_96(device, batch, roi_stop, False, ", TF32 off (strict float32)")
+            compare_96(device, batch, roi_stop, False, args.winograd_channels, ", TF32 off (strict float32)")
         finally:
             torch.backends.cudnn.allow_tf32 = tf32
     if not args.timings_only:
         presets(224, batch, not thorough)
     measure = not args.skip_full and (device.type != "cpu" or args.full)
     budget = args.budget_s if args.budget_s is not None else (300.0 if device.type == "cuda" else None)
-    full_224(device, batch, measure, 8 if args.quick else (256 if device.type == "cuda" else 32), budget)
+    full_224(device, batch, measure, 8 if args.quick else (256 if device.type == "cuda" else 32), budget,
+             args.winograd_channels)
     if thorough:
         background_boxes(224)
 

@@ -41,6 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .winograd import winograd_conv3d, winograd_weights
+
 Triple = tuple[int, int, int]
 
 
@@ -61,6 +63,7 @@ class _Conv:
     stride: Triple
     padding: Triple
     relu: bool
+    winograd: Optional[torch.Tensor] = None  # transformed weights: tiles use winograd_conv3d
 
     def full(self, x: torch.Tensor, tally: "_Tally") -> torch.Tensor:
         y = F.conv3d(x, self.weight, self.bias, self.stride, self.padding)
@@ -69,14 +72,25 @@ class _Conv:
 
     def tile(self, x: torch.Tensor, tally: "_Tally") -> torch.Tensor:
         """Apply to a tile that already carries its padding (no implicit zero padding)."""
-        y = F.conv3d(x, self.weight, self.bias, self.stride, 0)
-        tally.conv(self.weight, y)
+        if self.winograd is None:
+            y = F.conv3d(x, self.weight, self.bias, self.stride, 0)
+            tally.conv(self.weight, y)
+        else:
+            y = winograd_conv3d(x, self.winograd, self.bias)
+            tally.winograd(self.winograd, y)
+            y = y.contiguous(memory_format=torch.channels_last_3d if _channels_last(x) else torch.contiguous_format)
         return y.relu_() if self.relu else y
 
-    def to(self, device: torch.device, dtype: torch.dtype, channels_last: bool = False) -> "_Conv":
+    def to(self, device: torch.device, dtype: torch.dtype, channels_last: bool = False,
+           winograd_channels: int = 0) -> "_Conv":
+        """On ``device`` in ``dtype``; tiles by Winograd's algorithm if the convolution is a stride-1
+        3×3×3 one with at least ``winograd_channels`` (> 0) input and output channels."""
         layout = torch.channels_last_3d if channels_last else torch.contiguous_format
-        return _Conv(self.weight.to(device, dtype, memory_format=layout), self.bias.to(device, dtype), self.kernel,
-                     self.stride, self.padding, self.relu)
+        weight = self.weight.to(device, dtype, memory_format=layout)
+        fits = (winograd_channels > 0 and self.kernel == (3, 3, 3) and self.stride == (1, 1, 1)
+                and min(weight.shape[:2]) >= winograd_channels and weight.device.type != "meta")
+        return _Conv(weight, self.bias.to(device, dtype), self.kernel, self.stride, self.padding, self.relu,
+                     winograd_weights(self.weight.to(device, torch.float64)).to(dtype) if fits else None)
 
 
 class _Tally:
@@ -89,6 +103,13 @@ class _Tally:
 
     def conv(self, weight: torch.Tensor, out: torch.Tensor) -> None:
         self.flops += 2 * out.numel() * int(np.prod(weight.shape[1:]))
+
+    def winograd(self, transformed: torch.Tensor, out: torch.Tensor) -> None:
+        """The matrix products of :func:`winograd_conv3d` (as FlopCounterMode counts its ``bmm``;
+        the transforms' additions, like BatchNorm and ReLU elsewhere, are not counted)."""
+        positions, c_in, c_out = transformed.shape
+        tiles = out.shape[0] * int(np.prod([(s + 1) // 2 for s in out.shape[2:]]))
+        self.flops += 2 * positions * tiles * c_in * c_out
 
     def linear(self, weight: torch.Tensor, rows: int) -> None:
         self.flops += 2 * rows * weight.numel()
@@ -128,12 +149,14 @@ class IncrementalNetwork:
     fc_weight: Optional[torch.Tensor]
     fc_bias: Optional[torch.Tensor]
 
-    def to(self, device: torch.device | str, dtype: torch.dtype, channels_last: bool = False) -> "IncrementalNetwork":
-        """On ``device`` in ``dtype``; ``channels_last``: convolution weights in channels-last-3d layout."""
+    def to(self, device: torch.device | str, dtype: torch.dtype, channels_last: bool = False,
+           winograd_channels: int = 0) -> "IncrementalNetwork":
+        """On ``device`` in ``dtype``; ``channels_last``: convolution weights in channels-last-3d layout;
+        ``winograd_channels``: see :meth:`_Conv.to` (the unoccluded pass never uses it)."""
         device = torch.device(device)
 
         def move(step):
-            return step.to(device, dtype, channels_last) if isinstance(step, _Conv) else step
+            return step.to(device, dtype, channels_last, winograd_channels) if isinstance(step, _Conv) else step
 
         blocks = tuple(_Block(tuple(move(c) for c in b.main), move(b.shortcut)) for b in self.blocks)
         fc_w = None if self.fc_weight is None else self.fc_weight.to(device, dtype)
@@ -441,6 +464,13 @@ def _gather_indexed(state: _State, origin: np.ndarray, size: Sequence[int], pad:
     return tiles.permute(0, 4, 1, 2, 3).contiguous(memory_format=layout)
 
 
+def default_winograd_channels(device: torch.device) -> int:
+    """From how many channels a stride-1 3×3×3 tile convolution runs by Winograd's algorithm
+    (:mod:`RICENetLib.winograd`) on ``device``; 0: never. Off: on the CPU it measured no faster
+    (within run-to-run noise), on a GPU it has not been measured yet."""
+    return 0
+
+
 def _channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
 
@@ -457,11 +487,14 @@ class IncrementalRunner:
     of tile shapes and each is timed anew.)
     """
 
-    def __init__(self, net: IncrementalNetwork, image: torch.Tensor, channels_last: Optional[bool] = None) -> None:
+    def __init__(self, net: IncrementalNetwork, image: torch.Tensor, channels_last: Optional[bool] = None,
+                 winograd_channels: Optional[int] = None) -> None:
         if image.dim() != 4 or image.shape[0] != net.in_channels:
             raise ValueError(f"image of shape {tuple(image.shape)} does not fit a {net.in_channels}-channel network")
         self.channels_last = image.device.type == "cuda" if channels_last is None else bool(channels_last)
-        self.net = net.to(image.device, image.dtype, self.channels_last)
+        if winograd_channels is None:
+            winograd_channels = default_winograd_channels(image.device)
+        self.net = net.to(image.device, image.dtype, self.channels_last, int(winograd_channels))
         self.geometry = _Geometry(self.net, image.shape[1:])
         self.tally = _Tally()  # FLOPs run so far: the unoccluded pass, then every box
         with torch.inference_mode():

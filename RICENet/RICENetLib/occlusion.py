@@ -112,6 +112,10 @@ class OcclusionSettings:
       force with a warning), ``"incremental"`` or ``"brute"``.
     * ``batch_size``: boxes evaluated together; ``None``: by device, 8 on a CPU
       and 64 on a GPU (:func:`default_batch_size`).
+    * ``winograd_channels``: the incremental engine computes stride-1 3×3×3
+      convolutions with at least this many channels by Winograd's algorithm
+      (:mod:`RICENetLib.winograd`; the same map to float rounding); ``0``:
+      never; ``None``: by device (:func:`~RICENetLib.incremental_occlusion.default_winograd_channels`).
     """
 
     mask_size: Union[int, Sequence[int]] = 16
@@ -124,6 +128,7 @@ class OcclusionSettings:
     coarse_keep: float = 0.5
     engine: str = "auto"
     batch_size: Optional[int] = None
+    winograd_channels: Optional[int] = None
 
     def validate(self) -> "OcclusionSettings":
         """Raise :class:`InputError` naming the bad parameter; return self."""
@@ -151,6 +156,8 @@ class OcclusionSettings:
             raise InputError(f"Occlusion engine '{self.engine}' is unknown; use one of {', '.join(ENGINES)}.")
         if self.batch_size is not None and int(self.batch_size) < 1:
             raise InputError(f"Occlusion batch_size must be at least 1, got {self.batch_size}.")
+        if self.winograd_channels is not None and int(self.winograd_channels) < 0:
+            raise InputError(f"Occlusion winograd_channels must be 0 (off) or more, got {self.winograd_channels}.")
         if not 0.0 <= float(self.coarse_keep) <= 1.0:
             raise InputError(f"Occlusion coarse_keep must be in [0, 1], got {self.coarse_keep}.")
         if self.roi is not None:
@@ -398,10 +405,11 @@ class _Incremental:
 
     engine = "incremental"
 
-    def __init__(self, network, image: torch.Tensor, channels_last: Optional[bool] = None) -> None:
+    def __init__(self, network, image: torch.Tensor, channels_last: Optional[bool] = None,
+                 winograd_channels: Optional[int] = None) -> None:
         from .incremental_occlusion import IncrementalRunner
 
-        self.runner = IncrementalRunner(network, image, channels_last)
+        self.runner = IncrementalRunner(network, image, channels_last, winograd_channels)
         self.base_logits = self.runner.base_logits
 
     def order(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -664,7 +672,8 @@ class _Run:
         batch = int(self.settings.batch_size or default_batch_size(self.x.device))
         for m, item in enumerate(self.prepared):
             report(done / max(todo, 1), f"Occlusion: preparing model {m + 1}/{models}")
-            evaluator = (_Incremental(item.network, self.x) if item.network is not None else _Brute(item.model, self.x))
+            evaluator = (_Incremental(item.network, self.x, winograd_channels=self.settings.winograd_channels)
+                         if item.network is not None else _Brute(item.model, self.x))
             base_p = _probabilities(evaluator.base_logits[None])[0].cpu().numpy()
             if m == 0:
                 base = np.zeros((models, base_p.shape[0]))
