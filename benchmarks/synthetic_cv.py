@@ -179,14 +179,17 @@ def main() -> None:
                "fold_macro_f1": [f.metrics["macro_f1"] for f in result.folds],
                "kept_epochs": [f.epoch for f in result.folds], "macro_f1": result.summary["macro_f1"],
                "auc": result.summary["auc"], f"macro_f1_last_{n_late}_epochs": mean_sd(late),
-               "seconds_training": round(trained - prepared)}
+               "seconds_training": round(trained - prepared),
+               # Summed over every epoch of every fold, also those trained by earlier or parallel runs.
+               "seconds_epochs_summed": round(sum(row["seconds"] for f in result.folds for row in f.history))}
     for fold, fold_late in zip(result.folds, late):
         print(f"fold {fold.fold}: validation macro F1 {fold.metrics['macro_f1']:.3f}, AUC {fold.metrics['auc']:.3f} "
               f"(epoch {fold.epoch}); mean of the last {n_late} epochs {fold_late:.3f}")
     print(f"three modalities: validation macro F1 {format_mean_sd(result.summary['macro_f1'], 3)} "
           f"(AUC {format_mean_sd(result.summary['auc'], 3)}) at the kept epochs, "
           f"{format_mean_sd(mean_sd(late), 3)} over each fold's last {n_late}; "
-          f"training {trained - prepared:.0f} s; bundle {result.bundle}", flush=True)
+          f"training {trained - prepared:.0f} s in this run ({figures['seconds_epochs_summed']} s summed over all "
+          f"folds' epochs); bundle {result.bundle}", flush=True)
     if args.test_cases and result.bundle is not None:
         figures["test"] = score_new_patients(result.bundle, out / f"test_seed{args.test_seed}", args, load, warm)
 
