@@ -73,6 +73,10 @@ def network(seed: int, device: torch.device) -> torch.nn.Module:
     return model.eval().to(device)
 
 
+def winograd_name(channels: int) -> str:
+    return "Winograd off" if channels == 0 else f"Winograd >= {channels}"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -155,10 +159,10 @@ def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brut
     sync(device)
     monai_seconds = time.perf_counter() - began
 
-    # the engine as configured, then with Winograd's algorithm from 256 and from 512 channels
+    # the engine as configured, then the other Winograd settings: off, from 256, from 512 channels
     runs = {"incremental": {"engine": "incremental"}}
     chosen = default_winograd_channels(device) if winograd is None else winograd
-    runs.update({f"+Winograd>={c}": {"engine": "incremental", "winograd_channels": c} for c in (256, 512) if c != chosen})
+    runs.update({winograd_name(c): {"engine": "incremental", "winograd_channels": c} for c in (0, 256, 512) if c != chosen})
     if with_brute:
         runs["brute"] = {"engine": "brute"}
     results = {}
@@ -316,9 +320,9 @@ def full_224(device: torch.device, batch: int, measure: bool, sample: int, budge
     The estimate comes first so that a GPU lease, whose time is short, never
     starts a run that cannot finish: all folds are measured when the estimate
     fits ``budget_s``, else one fold (and the five-fold time is that times five,
-    printed as such), else nothing. The estimate is also printed with
-    Winograd's algorithm for the convolutions of at least 256 and of 512
-    channels, and on CUDA for the NCDHW layout and for half and double the batch.
+    printed as such), else nothing. The estimate is also printed with the
+    other Winograd settings (off, from 256, from 512 channels), and on CUDA
+    for the NCDHW layout and for half and double the batch.
     """
     size = 224
     settings = OCCLUSION_PRESETS["standard"]
@@ -328,7 +332,7 @@ def full_224(device: torch.device, batch: int, measure: bool, sample: int, budge
           f"{torch.get_num_threads()} threads:")
     variants = [("engine default", batch, None, winograd)]
     chosen = default_winograd_channels(device) if winograd is None else winograd
-    variants += [(f"Winograd >= {c} ch", batch, None, c) for c in (256, 512) if c != chosen]
+    variants += [(winograd_name(c), batch, None, c) for c in (0, 256, 512) if c != chosen]
     if device.type == "cuda":
         variants += [("NCDHW layout", batch, False, winograd), (f"batch {batch // 2}", batch // 2, None, winograd),
                      (f"batch {2 * batch}", 2 * batch, None, winograd)]

@@ -33,7 +33,7 @@ cached maps of a 3-channel resnet18 at 224³ take about 2.4 GB (float32).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .winograd import winograd_conv3d, winograd_weights
+from .winograd import winograd_conv3d, winograd_tile, winograd_weights
 
 Triple = tuple[int, int, int]
 
@@ -63,7 +63,8 @@ class _Conv:
     stride: Triple
     padding: Triple
     relu: bool
-    winograd: Optional[torch.Tensor] = None  # transformed weights: tiles use winograd_conv3d
+    # Winograd-transformed weights by tile size, made on first use (None: always convolve directly)
+    winograd: Optional[dict[int, torch.Tensor]] = field(default=None, compare=False)
 
     def full(self, x: torch.Tensor, tally: "_Tally") -> torch.Tensor:
         y = F.conv3d(x, self.weight, self.bias, self.stride, self.padding)
@@ -72,25 +73,31 @@ class _Conv:
 
     def tile(self, x: torch.Tensor, tally: "_Tally") -> torch.Tensor:
         """Apply to a tile that already carries its padding (no implicit zero padding)."""
-        if self.winograd is None:
+        size = 0 if self.winograd is None else winograd_tile([s - 2 for s in x.shape[2:]], min(self.weight.shape[:2]))
+        if not size:
             y = F.conv3d(x, self.weight, self.bias, self.stride, 0)
             tally.conv(self.weight, y)
         else:
-            y = winograd_conv3d(x, self.winograd, self.bias)
-            tally.winograd(self.winograd, y)
+            transformed = self.winograd.get(size)
+            if transformed is None:
+                transformed = winograd_weights(self.weight.to(torch.float64), size).to(self.weight.dtype)
+                self.winograd[size] = transformed
+            y = winograd_conv3d(x, transformed, self.bias)
+            tally.winograd(transformed, y)
             y = y.contiguous(memory_format=torch.channels_last_3d if _channels_last(x) else torch.contiguous_format)
         return y.relu_() if self.relu else y
 
     def to(self, device: torch.device, dtype: torch.dtype, channels_last: bool = False,
            winograd_channels: int = 0) -> "_Conv":
-        """On ``device`` in ``dtype``; tiles by Winograd's algorithm if the convolution is a stride-1
-        3×3×3 one with at least ``winograd_channels`` (> 0) input and output channels."""
+        """On ``device`` in ``dtype``; a stride-1 3×3×3 convolution with at least ``winograd_channels``
+        (> 0) input and output channels may compute its tiles by Winograd's algorithm
+        (:func:`~RICENetLib.winograd.winograd_tile` decides per tile shape)."""
         layout = torch.channels_last_3d if channels_last else torch.contiguous_format
         weight = self.weight.to(device, dtype, memory_format=layout)
         fits = (winograd_channels > 0 and self.kernel == (3, 3, 3) and self.stride == (1, 1, 1)
                 and min(weight.shape[:2]) >= winograd_channels and weight.device.type != "meta")
         return _Conv(weight, self.bias.to(device, dtype), self.kernel, self.stride, self.padding, self.relu,
-                     winograd_weights(self.weight.to(device, torch.float64)).to(dtype) if fits else None)
+                     {} if fits else None)
 
 
 class _Tally:
@@ -106,9 +113,10 @@ class _Tally:
 
     def winograd(self, transformed: torch.Tensor, out: torch.Tensor) -> None:
         """The matrix products of :func:`winograd_conv3d` (as FlopCounterMode counts its ``bmm``;
-        the transforms' additions, like BatchNorm and ReLU elsewhere, are not counted)."""
+        the transforms, like BatchNorm and ReLU elsewhere, are not counted)."""
         positions, c_in, c_out = transformed.shape
-        tiles = out.shape[0] * int(np.prod([(s + 1) // 2 for s in out.shape[2:]]))
+        size = round(positions ** (1 / 3)) - 2
+        tiles = out.shape[0] * int(np.prod([-(-s // size) for s in out.shape[2:]]))
         self.flops += 2 * positions * tiles * c_in * c_out
 
     def linear(self, weight: torch.Tensor, rows: int) -> None:
@@ -465,10 +473,11 @@ def _gather_indexed(state: _State, origin: np.ndarray, size: Sequence[int], pad:
 
 
 def default_winograd_channels(device: torch.device) -> int:
-    """From how many channels a stride-1 3×3×3 tile convolution runs by Winograd's algorithm
-    (:mod:`RICENetLib.winograd`) on ``device``; 0: never. Off: on the CPU it measured no faster
-    (within run-to-run noise), on a GPU it has not been measured yet."""
-    return 0
+    """From how many channels a stride-1 3×3×3 tile convolution may run by Winograd's algorithm
+    (:mod:`RICENetLib.winograd`, which picks the tile or declines per tile shape) on ``device``;
+    0: never. CPU: from 256 (layer3 and layer4 of a ResNet-18; 1.3× faster maps at 96³, see the
+    README). GPU: off until measured on one (``benchmarks/gpu.sh`` prints both)."""
+    return 256 if device.type == "cpu" else 0
 
 
 def _channels_last(x: torch.Tensor) -> bool:

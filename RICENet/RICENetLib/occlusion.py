@@ -112,10 +112,11 @@ class OcclusionSettings:
       force with a warning), ``"incremental"`` or ``"brute"``.
     * ``batch_size``: boxes evaluated together; ``None``: by device, 8 on a CPU
       and 64 on a GPU (:func:`default_batch_size`).
-    * ``winograd_channels``: the incremental engine computes stride-1 3×3×3
+    * ``winograd_channels``: the incremental engine may compute stride-1 3×3×3
       convolutions with at least this many channels by Winograd's algorithm
-      (:mod:`RICENetLib.winograd`; the same map to float rounding); ``0``:
-      never; ``None``: by device (:func:`~RICENetLib.incremental_occlusion.default_winograd_channels`).
+      (:mod:`RICENetLib.winograd`, F(2, 3) or F(4, 3) by tile shape; the same map
+      to float rounding); ``0``: never; ``None``: by device, 256 on a CPU and off
+      on a GPU (:func:`~RICENetLib.incremental_occlusion.default_winograd_channels`).
     """
 
     mask_size: Union[int, Sequence[int]] = 16
