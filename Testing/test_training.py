@@ -169,6 +169,7 @@ def test_unreadable_case_fails_before_training_naming_the_patient(tmp_path):
     (dict(folds=(2,)), "Fold 2 does not exist"),
     (dict(architecture=tiny_architecture(2)), "2 input channel\\(s\\) but 3 modalities"),
     (dict(device="cuda:7"), "cuda:7"),
+    (dict(augmentation=AugmentationParameters(flip_probability=-0.1)), "mirroring probability"),
 ])
 def test_bad_parameters_are_named(tmp_path, overrides, message):
     cases, arrays = make_cohort(2, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -77,6 +78,23 @@ def test_spatial_change_keeps_the_anatomy_near_its_place():
     centre = (grid * out).flatten(1).sum(1) / out.sum()
     assert torch.allclose(centre, torch.full((3,), 15.5), atol=2.5)
     assert 0.6 < out.sum() / image.sum() < 1.5
+
+
+def test_mirroring_flips_every_channel_alike_and_is_off_by_default():
+    off = AugmentationParameters(spatial_probability=0, noise_probability=0, brightness_probability=0,
+                                 gamma_probability=0)
+    image = volume()
+    always = Augmenter(("postop", "event", "dose"), replace(off, flip_probability=1.0))(image, seed=4)
+    assert torch.equal(always, torch.flip(image, (1, 2, 3)))
+    sometimes = Augmenter(("postop", "event", "dose"), replace(off, flip_probability=0.5))
+    combinations = [axes for k in range(4) for axes in itertools.combinations((1, 2, 3), k)]
+    outcomes = {next((axes for axes in combinations if torch.equal(sometimes(image, s), image.flip(axes))), None)
+                for s in range(40)}
+    assert None not in outcomes and len(outcomes) > 2  # a mirror image, different axes for different seeds
+    # Off by default, and off draws nothing: the paper's augmentation gives what it gave before the option.
+    assert AugmentationParameters().flip_probability == 0.0
+    assert torch.equal(Augmenter(("postop", "event", "dose"), ALL_ON)(image, seed=8),
+                       Augmenter(("postop", "event", "dose"), replace(ALL_ON, flip_probability=0.0))(image, seed=8))
 
 
 def test_parameters_round_trip():

@@ -65,6 +65,7 @@ def test_unreadable_case_is_named_before_training(cohort, tmp_path, capsys):
     (["--modalities", "dose,t2"], "use one or more of postop, event, dose"),
     (["--fold", "5"], "Fold 5 does not exist"),
     (["--lr", "-1"], "learning rate"),
+    (["--flip", "1.5"], "mirroring probability must lie between 0 and 1"),
 ])
 def test_bad_options_are_named(cohort, tmp_path, capsys, arguments, message):
     try:

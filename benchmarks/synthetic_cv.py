@@ -37,6 +37,7 @@ from RICENetLib.preprocessing import CROP_CENTRES
 from RICENetLib.synthetic import write_cohort
 from RICENetTrainingLib import LR_SCHEDULES
 from RICENetTrainingLib.ablation import COMBINATIONS, ablation_markdown, run_ablation
+from RICENetTrainingLib.augmentation import AugmentationParameters
 from RICENetTrainingLib.dataset import load_cases, pipeline_loader
 from RICENetTrainingLib.folds import folds_for_cohort
 from RICENetTrainingLib.training import TrainingParameters, train_ensemble
@@ -116,6 +117,8 @@ def main() -> None:
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--flip", type=float, default=0.0, metavar="P",
+                        help="also mirror each axis with probability P in training (not in the paper; default 0)")
     parser.add_argument("--fold", type=int, action="append", help="train only this fold (repeat); default all")
     parser.add_argument("--conv1-stride", type=int, default=2, choices=(1, 2))
     parser.add_argument("--device", default="auto")
@@ -150,7 +153,8 @@ def main() -> None:
     params = TrainingParameters(n_folds=args.folds, epochs=args.epochs, batch_size=args.batch_size,
                                 learning_rate=args.lr, lr_schedule=args.lr_schedule,
                                 weight_decay=args.weight_decay, folds=tuple(args.fold) if args.fold else None, seed=args.seed, device=args.device,
-                                architecture=default_architecture(3, conv1_t_stride=args.conv1_stride))
+                                architecture=default_architecture(3, conv1_t_stride=args.conv1_stride),
+                                augmentation=AugmentationParameters(flip_probability=args.flip))
     folds = folds_for_cohort(cases, out / "folds.json", args.folds, args.seed)
     labels = [c.label for c in cases]
     print(f"{len(cases)} synthetic cases ({labels.count('recurrence')} recurrence, {labels.count('rice')} RICE), "
@@ -158,7 +162,8 @@ def main() -> None:
           f"{args.skull_strip}; prepared in "
           f"{prepared - start:.0f} s", flush=True)
     print(f"training: resnet18 (conv1 stride {args.conv1_stride}), {args.folds} folds, {args.epochs} epochs, "
-          f"batch {args.batch_size}, lr {args.lr:g} ({args.lr_schedule}), weight decay {args.weight_decay:g}, seed {args.seed}, device {args.device}, "
+          f"batch {args.batch_size}, lr {args.lr:g} ({args.lr_schedule}), weight decay {args.weight_decay:g}, "
+          f"mirroring {args.flip:g}, seed {args.seed}, device {args.device}, "
           f"{torch.get_num_threads()} CPU threads", flush=True)
 
     progress_state = {"last": 0.0}

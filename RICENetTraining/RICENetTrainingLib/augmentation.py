@@ -15,6 +15,11 @@ brightness and gamma. How they are applied here, and why:
 * **Intensity** (Gaussian noise, brightness, gamma) is applied to each MRI
   channel independently: the two scans come from separate sessions whose
   noise, gain and contrast differ in real life.
+* **Mirroring** (``flip_probability``, per axis, all channels) is not in the
+  paper and is off by default. The class of a lesion does not depend on which
+  side of the head it is on, and mirroring multiplies the variety of small
+  cohorts; on a test task with 48 training cases it kept the network from
+  memorising them (docs/TRAINING.md).
 * **The dose channel gets the spatial change only.** It is not an image of
   the patient but the planned physical dose (Gy / prescription): it has no
   scanner noise, no gain and no contrast curve, and its absolute level (e.g.
@@ -59,6 +64,7 @@ class AugmentationParameters:
     brightness_range: float = 0.25      # multiplicative, factor in 1 ± brightness_range (keeps background 0)
     gamma_probability: float = 0.3
     gamma_range: tuple[float, float] = (0.7, 1.5)
+    flip_probability: float = 0.0       # per axis, mirror all channels; not in the paper, so off by default
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -157,6 +163,10 @@ class Augmenter:
             raise ValueError(f"Augmenter expects ({len(self.modalities)}, D, H, W), got {tuple(image.shape)}.")
         rng = np.random.RandomState(int(seed) % 2**32)
         out = self.spatial(image, rng)
+        if self.params.flip_probability > 0:  # no draw when off: the paper's augmentation stays as it was
+            axes = [1 + axis for axis in range(3) if rng.uniform() < self.params.flip_probability]
+            if axes:
+                out = torch.flip(out, axes)
         if self.mri_channels:
             channels = list(out.unbind(0))
             for index in self.mri_channels:

@@ -112,6 +112,9 @@ class TrainingParameters:
             if bad or not self.folds:
                 raise InputError(f"Fold {bad[0] if bad else '(none)'} does not exist; with {self.n_folds} folds "
                                  f"choose from 0 to {self.n_folds - 1}.")
+        if not 0.0 <= self.augmentation.flip_probability <= 1.0:
+            raise InputError(f"The mirroring probability must lie between 0 and 1 "
+                             f"(got {self.augmentation.flip_probability!r}).")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"Unknown learning-rate schedule '{self.lr_schedule}'; use {' or '.join(LR_SCHEDULES)}.")
         if self.selection not in ("best_f1", "last"):

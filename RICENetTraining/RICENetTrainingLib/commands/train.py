@@ -62,6 +62,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--select", choices=("best_f1", "last"), default="best_f1",
                           help="weights kept per fold: best validation macro F1 (default) or the last epoch")
     training.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    training.add_argument("--flip", type=float, default=0.0, metavar="P",
+                          help="also mirror each axis with probability P (not in the paper; default 0: off)")
     training.add_argument("--conv1-stride", type=int, choices=(1, 2), default=1,
                           help="stride of the first convolution (MONAI default 1; 2 halves every axis: 8x cheaper)")
     training.add_argument("--resume", action="store_true", help="continue from the checkpoints of a stopped run")
@@ -90,6 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def training_parameters(args: argparse.Namespace, modalities: tuple[str, ...]) -> Any:
     from RICENetLib.model import default_architecture
 
+    from ..augmentation import AugmentationParameters
     from ..training import TrainingParameters
 
     return TrainingParameters(
@@ -98,6 +101,7 @@ def training_parameters(args: argparse.Namespace, modalities: tuple[str, ...]) -
         device=args.device, augment=not args.no_augment, augment_on=args.augment_on, num_workers=args.workers,
         bf16=args.bf16, channels_last=args.channels_last, selection=args.select,
         architecture=default_architecture(len(modalities), conv1_t_stride=args.conv1_stride),
+        augmentation=AugmentationParameters(flip_probability=args.flip),
     )
 
 
