@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .winograd import winograd_conv3d, winograd_tile, winograd_weights
+from .winograd import tile_counts, transformed_tile, winograd_conv3d, winograd_tile, winograd_weights
 
 Triple = tuple[int, int, int]
 
@@ -115,8 +115,7 @@ class _Tally:
         """The matrix products of :func:`winograd_conv3d` (as FlopCounterMode counts its ``bmm``;
         the transforms, like BatchNorm and ReLU elsewhere, are not counted)."""
         positions, c_in, c_out = transformed.shape
-        size = round(positions ** (1 / 3)) - 2
-        tiles = out.shape[0] * int(np.prod([-(-s // size) for s in out.shape[2:]]))
+        tiles = out.shape[0] * int(np.prod(tile_counts(out.shape[2:], transformed_tile(transformed))))
         self.flops += 2 * positions * tiles * c_in * c_out
 
     def linear(self, weight: torch.Tensor, rows: int) -> None:

@@ -73,13 +73,26 @@ def winograd_weights(weight: torch.Tensor, tile: int = 2) -> torch.Tensor:
     return u.reshape((tile + 2) ** 3, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
 
 
+def transformed_tile(transformed: torch.Tensor) -> int:
+    """The tile size ``m`` that :func:`winograd_weights` made ``transformed`` for (its first axis is (m + 2)³)."""
+    tile = round(transformed.shape[0] ** (1 / 3)) - 2
+    if tile not in _G or (tile + 2) ** 3 != transformed.shape[0]:
+        raise ValueError(f"transformed weights of shape {tuple(transformed.shape)} come from no known tile")
+    return tile
+
+
+def tile_counts(out_size: Sequence[int], tile: int) -> list[int]:
+    """Tiles per axis that cover ``out_size`` outputs (the last one padded)."""
+    return [-(-s // tile) for s in out_size]
+
+
 def winograd_tile(out_size: Sequence[int], channels: int) -> int:
     """The tile (2 or 4) that the cost model expects to beat a direct convolution of ``channels``
     (the smaller of in and out) onto ``out_size`` outputs by at least 1.3×; 0: neither, convolve directly."""
     direct = 27 * math.prod(out_size)
     best, best_gain = 0, _WORTH
     for m in TILES:
-        products = (m + 2) ** 3 * math.prod(-(-s // m) for s in out_size)
+        products = (m + 2) ** 3 * math.prod(tile_counts(out_size, m))
         gain = direct / products / (_MATMUL + _TRAFFIC[m] / channels)
         if gain >= best_gain:  # ties go to the larger tile, which moves less data
             best, best_gain = m, gain
@@ -89,14 +102,12 @@ def winograd_tile(out_size: Sequence[int], channels: int) -> int:
 def winograd_conv3d(x: torch.Tensor, transformed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.conv3d(x, weight, bias)`` (stride 1, no padding) with ``transformed = winograd_weights(weight, tile)``;
     the tile is read from ``transformed``'s shape."""
-    tile = round(transformed.shape[0] ** (1 / 3)) - 2
-    if tile not in _G or (tile + 2) ** 3 != transformed.shape[0]:
-        raise ValueError(f"transformed weights of shape {tuple(transformed.shape)} come from no known tile")
+    tile = transformed_tile(transformed)
     n, channels = x.shape[:2]
     out_size = [s - 2 for s in x.shape[2:]]
     if min(out_size) < 1:
         raise ValueError(f"input of spatial size {tuple(x.shape[2:])} is smaller than the 3×3×3 kernel")
-    tiles = [-(-s // tile) for s in out_size]
+    tiles = tile_counts(out_size, tile)
     z = x.permute(0, 2, 3, 4, 1)  # (N, D, H, W, C): a view, contiguous for channels-last input
     pad = [tile * t + 2 - s for t, s in zip(tiles, x.shape[2:])]  # outputs up to whole tiles: zeros
     if any(pad):
