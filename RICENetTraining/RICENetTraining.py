@@ -76,6 +76,7 @@ class RICENetTrainingParameterNode:
     spacingMm: Annotated[float, WithinRange(0.2, 10.0)] = 1.0
     skullStrip: Annotated[str, Choice(list(SKULL_STRIP_CHOICES))] = "deepbet"
     cropCentre: Annotated[str, Choice(list(CROP_CENTRES))] = "brain"
+    flipProbability: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     metricsTable: vtkMRMLTableNode
     trainingChart: vtkMRMLPlotChartNode
@@ -92,7 +93,7 @@ def settingsFromParameterNode(node: RICENetTrainingParameterNode) -> TrainingSet
         use_postop=node.usePostop, use_event=node.useEvent, use_dose=node.useDose,
         n_folds=node.nFolds, epochs=node.epochs, seed=node.seed, device=node.device, batch_size=node.batchSize,
         learning_rate=node.learningRate, lr_schedule=node.lrSchedule, input_size=node.inputSize, spacing_mm=node.spacingMm, skull_strip=node.skullStrip,
-        crop_centre=node.cropCentre,
+        crop_centre=node.cropCentre, flip_probability=node.flipProbability,
     )
 
 

@@ -128,10 +128,14 @@ def test_settings_are_checked(small_cohort, tmp_path):
         settings(small_cohort, tmp_path, lr_schedule="step").validate()
     with pytest.raises(InputError, match="input-box centre 'lesion'"):
         settings(small_cohort, tmp_path, crop_centre="lesion").validate()
-    chosen = settings(small_cohort, tmp_path, use_postop=False, lr_schedule="cosine", crop_centre="dose")
+    with pytest.raises(InputError, match="mirroring probability .* 1.5"):
+        settings(small_cohort, tmp_path, flip_probability=1.5).validate()
+    assert settings(small_cohort, tmp_path).training_parameters().augmentation.flip_probability == 0.0  # paper: off
+    chosen = settings(small_cohort, tmp_path, use_postop=False, lr_schedule="cosine", crop_centre="dose",
+                      flip_probability=0.5)
     params = chosen.training_parameters()
     assert params.modalities == ("event", "dose") and params.n_folds == 2 and params.epochs == 2
-    assert params.lr_schedule == "cosine"
+    assert params.lr_schedule == "cosine" and params.augmentation.flip_probability == 0.5
     assert chosen.preprocessing() == {"spacing_mm": 8.0, "input_size": 24, "skull_strip": "none", "crop_centre": "dose"}
     from RICENetLib.preprocessing import CROP_CENTRES, PreprocessParameters
 

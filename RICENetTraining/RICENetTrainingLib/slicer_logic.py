@@ -50,6 +50,7 @@ class TrainingSettings:
     spacing_mm: float = 1.0
     skull_strip: str = "deepbet"
     crop_centre: str = "brain"
+    flip_probability: float = 0.0  # mirroring per axis; not in the paper, so off by default
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -73,15 +74,19 @@ class TrainingSettings:
             raise InputError(f"Unknown skull-stripping backend '{self.skull_strip}'; use one of {', '.join(SKULL_STRIP_CHOICES)}.")
         if self.crop_centre not in CROP_CENTRES:
             raise InputError(f"Unknown input-box centre '{self.crop_centre}'; use one of {', '.join(CROP_CENTRES)}.")
+        if not 0.0 <= float(self.flip_probability) <= 1.0:
+            raise InputError(f"The mirroring probability must lie between 0 and 1 (got {self.flip_probability!r}).")
         return self
 
     def training_parameters(self, **overrides: Any):
         """The engine's :class:`~RICENetTrainingLib.training.TrainingParameters` for these settings."""
+        from .augmentation import AugmentationParameters
         from .training import TrainingParameters
 
         values = dict(modalities=self.modalities, n_folds=int(self.n_folds), epochs=int(self.epochs), seed=int(self.seed),
                       device=self.device, batch_size=int(self.batch_size), learning_rate=float(self.learning_rate),
-                      lr_schedule=self.lr_schedule)
+                      lr_schedule=self.lr_schedule,
+                      augmentation=AugmentationParameters(flip_probability=float(self.flip_probability)))
         values.update(overrides)
         return TrainingParameters(**values)
 
