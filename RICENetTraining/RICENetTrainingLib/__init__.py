@@ -4,3 +4,11 @@ metrics, checkpoints, bundle export and the modality ablation. No Qt, no MRML.
 
 #: Learning-rate schedules the engine knows (here, free of torch, for the GUI and the CLI).
 LR_SCHEDULES = ("constant", "cosine")
+
+
+def check_flip_probability(value: float) -> None:
+    """Refuse a mirroring probability outside 0–1 (here, free of torch, so the GUI checks it before a run starts)."""
+    from RICENetLib.errors import InputError
+
+    if not 0.0 <= float(value) <= 1.0:
+        raise InputError(f"The mirroring probability must lie between 0 and 1 (got {value!r}).")

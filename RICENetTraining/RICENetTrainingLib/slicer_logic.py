@@ -23,7 +23,7 @@ from RICENetLib import MODALITIES, mrml
 from RICENetLib.background import BackgroundTask
 from RICENetLib.errors import InputError
 
-from . import LR_SCHEDULES
+from . import LR_SCHEDULES, check_flip_probability
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SKULL_STRIP_CHOICES = ("deepbet", "hd-bet", "none")
@@ -74,8 +74,7 @@ class TrainingSettings:
             raise InputError(f"Unknown skull-stripping backend '{self.skull_strip}'; use one of {', '.join(SKULL_STRIP_CHOICES)}.")
         if self.crop_centre not in CROP_CENTRES:
             raise InputError(f"Unknown input-box centre '{self.crop_centre}'; use one of {', '.join(CROP_CENTRES)}.")
-        if not 0.0 <= float(self.flip_probability) <= 1.0:
-            raise InputError(f"The mirroring probability must lie between 0 and 1 (got {self.flip_probability!r}).")
+        check_flip_probability(self.flip_probability)
         return self
 
     def training_parameters(self, **overrides: Any):

@@ -55,7 +55,7 @@ from RICENetLib.errors import InputError, reject_unknown_keys
 from RICENetLib.metrics import classification_metrics, mean_sd
 from RICENetLib.progress import Progress, as_progress
 
-from . import LR_SCHEDULES
+from . import LR_SCHEDULES, check_flip_probability
 from .augmentation import AugmentationParameters, Augmenter
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .dataset import CaseLoader, CaseSamples, CaseTensors, load_cases, pipeline_loader
@@ -112,9 +112,7 @@ class TrainingParameters:
             if bad or not self.folds:
                 raise InputError(f"Fold {bad[0] if bad else '(none)'} does not exist; with {self.n_folds} folds "
                                  f"choose from 0 to {self.n_folds - 1}.")
-        if not 0.0 <= self.augmentation.flip_probability <= 1.0:
-            raise InputError(f"The mirroring probability must lie between 0 and 1 "
-                             f"(got {self.augmentation.flip_probability!r}).")
+        check_flip_probability(self.augmentation.flip_probability)
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"Unknown learning-rate schedule '{self.lr_schedule}'; use {' or '.join(LR_SCHEDULES)}.")
         if self.selection not in ("best_f1", "last"):
