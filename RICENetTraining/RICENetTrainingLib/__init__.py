@@ -12,3 +12,11 @@ def check_flip_probability(value: float) -> None:
 
     if not 0.0 <= float(value) <= 1.0:
         raise InputError(f"The mirroring probability must lie between 0 and 1 (got {value!r}).")
+
+
+def check_lr_schedule(name: str) -> None:
+    """Refuse an unknown learning-rate schedule (torch-free, like the check above)."""
+    from RICENetLib.errors import InputError
+
+    if name not in LR_SCHEDULES:
+        raise InputError(f"Unknown learning-rate schedule '{name}'; use {' or '.join(LR_SCHEDULES)}.")

@@ -23,7 +23,7 @@ from RICENetLib import MODALITIES, mrml
 from RICENetLib.background import BackgroundTask
 from RICENetLib.errors import InputError
 
-from . import LR_SCHEDULES, check_flip_probability
+from . import check_flip_probability, check_lr_schedule
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SKULL_STRIP_CHOICES = ("deepbet", "hd-bet", "none")
@@ -68,8 +68,7 @@ class TrainingSettings:
             raise InputError("Tick at least one modality (post-op MRI, event MRI, dose).")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise InputError(f"Unknown device '{self.device}'; use one of {', '.join(DEVICES)} or cuda:N.")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise InputError(f"Unknown learning-rate schedule '{self.lr_schedule}'; use {' or '.join(LR_SCHEDULES)}.")
+        check_lr_schedule(self.lr_schedule)
         if self.skull_strip not in SKULL_STRIP_CHOICES:
             raise InputError(f"Unknown skull-stripping backend '{self.skull_strip}'; use one of {', '.join(SKULL_STRIP_CHOICES)}.")
         if self.crop_centre not in CROP_CENTRES:

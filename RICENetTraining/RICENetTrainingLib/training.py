@@ -55,7 +55,7 @@ from RICENetLib.errors import InputError, reject_unknown_keys
 from RICENetLib.metrics import classification_metrics, mean_sd
 from RICENetLib.progress import Progress, as_progress
 
-from . import LR_SCHEDULES, check_flip_probability
+from . import check_flip_probability, check_lr_schedule
 from .augmentation import AugmentationParameters, Augmenter
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .dataset import CaseLoader, CaseSamples, CaseTensors, load_cases, pipeline_loader
@@ -113,8 +113,7 @@ class TrainingParameters:
                 raise InputError(f"Fold {bad[0] if bad else '(none)'} does not exist; with {self.n_folds} folds "
                                  f"choose from 0 to {self.n_folds - 1}.")
         check_flip_probability(self.augmentation.flip_probability)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise InputError(f"Unknown learning-rate schedule '{self.lr_schedule}'; use {' or '.join(LR_SCHEDULES)}.")
+        check_lr_schedule(self.lr_schedule)
         if self.selection not in ("best_f1", "last"):
             raise InputError(f"Unknown weight selection '{self.selection}'; use best_f1 or last.")
         if self.augment_on not in ("device", "cpu"):
