@@ -77,6 +77,7 @@ class RICENetTrainingParameterNode:
     skullStrip: Annotated[str, Choice(list(SKULL_STRIP_CHOICES))] = "deepbet"
     cropCentre: Annotated[str, Choice(list(CROP_CENTRES))] = "brain"
     flipProbability: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    bf16: bool = False
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     metricsTable: vtkMRMLTableNode
     trainingChart: vtkMRMLPlotChartNode
@@ -93,7 +94,7 @@ def settingsFromParameterNode(node: RICENetTrainingParameterNode) -> TrainingSet
         use_postop=node.usePostop, use_event=node.useEvent, use_dose=node.useDose,
         n_folds=node.nFolds, epochs=node.epochs, seed=node.seed, device=node.device, batch_size=node.batchSize,
         learning_rate=node.learningRate, lr_schedule=node.lrSchedule, input_size=node.inputSize, spacing_mm=node.spacingMm, skull_strip=node.skullStrip,
-        crop_centre=node.cropCentre, flip_probability=node.flipProbability,
+        crop_centre=node.cropCentre, flip_probability=node.flipProbability, bf16=node.bf16,
     )
 
 

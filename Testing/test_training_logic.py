@@ -130,12 +130,13 @@ def test_settings_are_checked(small_cohort, tmp_path):
         settings(small_cohort, tmp_path, crop_centre="lesion").validate()
     with pytest.raises(InputError, match="mirroring probability .* 1.5"):
         settings(small_cohort, tmp_path, flip_probability=1.5).validate()
-    assert settings(small_cohort, tmp_path).training_parameters().augmentation.flip_probability == 0.0  # paper: off
+    default = settings(small_cohort, tmp_path).training_parameters()
+    assert default.augmentation.flip_probability == 0.0 and not default.bf16  # paper: off; float32 by default
     chosen = settings(small_cohort, tmp_path, use_postop=False, lr_schedule="cosine", crop_centre="dose",
-                      flip_probability=0.5)
+                      flip_probability=0.5, bf16=True)
     params = chosen.training_parameters()
     assert params.modalities == ("event", "dose") and params.n_folds == 2 and params.epochs == 2
-    assert params.lr_schedule == "cosine" and params.augmentation.flip_probability == 0.5
+    assert params.lr_schedule == "cosine" and params.augmentation.flip_probability == 0.5 and params.bf16
     assert chosen.preprocessing() == {"spacing_mm": 8.0, "input_size": 24, "skull_strip": "none", "crop_centre": "dose"}
     from RICENetLib.preprocessing import CROP_CENTRES, PreprocessParameters
 

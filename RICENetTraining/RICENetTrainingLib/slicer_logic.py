@@ -51,6 +51,7 @@ class TrainingSettings:
     skull_strip: str = "deepbet"
     crop_centre: str = "brain"
     flip_probability: float = 0.0  # mirroring per axis; not in the paper, so off by default
+    bf16: bool = False  # bfloat16 autocast: the weights and the bundle stay float32
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -84,7 +85,8 @@ class TrainingSettings:
         values = dict(modalities=self.modalities, n_folds=int(self.n_folds), epochs=int(self.epochs), seed=int(self.seed),
                       device=self.device, batch_size=int(self.batch_size), learning_rate=float(self.learning_rate),
                       lr_schedule=self.lr_schedule,
-                      augmentation=AugmentationParameters(flip_probability=float(self.flip_probability)))
+                      augmentation=AugmentationParameters(flip_probability=float(self.flip_probability)),
+                      bf16=bool(self.bf16))
         values.update(overrides)
         return TrainingParameters(**values)
 

@@ -71,7 +71,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--work-dir", metavar="DIR", help="checkpoints, logs and curves (default: OUT.work)")
     device = parser.add_argument_group("device")
     device.add_argument("--device", default="auto", help="auto (a CUDA GPU if any), cpu, cuda, cuda:N or mps")
-    device.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPUs with bf16 support)")
+    device.add_argument("--bf16", action="store_true",
+                        help="bfloat16 autocast (GPUs with bf16; CPUs with AMX or AVX-512 BF16: docs/TRAINING.md)")
     device.add_argument("--channels-last", action="store_true", help="channels-last-3d memory format")
     device.add_argument("--augment-on", choices=("device", "cpu"), default="device",
                         help="augment on the training device (default; GPU-side on a GPU) or in CPU loader workers")
