@@ -38,8 +38,9 @@ from RICENetLib.model import default_architecture
 from RICENetLib.preprocessing import CROP_CENTRES
 from RICENetLib.synthetic import write_cohort
 from RICENetTrainingLib import LR_SCHEDULES
-from RICENetTrainingLib.ablation import COMBINATIONS, ablation_markdown, parse_combinations, run_ablation
+from RICENetTrainingLib.ablation import COMBINATIONS, ablation_markdown, run_ablation
 from RICENetTrainingLib.augmentation import AugmentationParameters
+from RICENetTrainingLib.commands.ablate import combinations_argument
 from RICENetTrainingLib.dataset import load_cases, pipeline_loader
 from RICENetTrainingLib.folds import folds_for_cohort
 from RICENetTrainingLib.training import TrainingParameters, train_ensemble
@@ -126,7 +127,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--ablation", action="store_true", help="also train the 7 modality combinations")
-    parser.add_argument("--combinations", metavar="LIST",
+    parser.add_argument("--combinations", metavar="LIST", type=combinations_argument,
                         help="train only these combinations, e.g. 'postop;event+dose' (implies --ablation; the "
                              "three-modality run and its new patients are skipped unless listed)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (also on CPUs with AMX or AVX-512 BF16)")
@@ -137,7 +138,7 @@ def main() -> None:
     parser.add_argument("--test-cases", type=int, default=0, help="score the ensemble on N new synthetic patients")
     parser.add_argument("--test-seed", type=int, default=7, help="cohort seed of the new patients (not --cohort-seed)")
     args = parser.parse_args()
-    combinations = parse_combinations(args.combinations) if args.combinations else list(COMBINATIONS)
+    combinations = args.combinations or list(COMBINATIONS)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -221,12 +222,12 @@ def main() -> None:
                             on_epoch=lambda combo, fold, epoch, row: on_epoch(fold, epoch, row, "+".join(combo)))
         print(ablation_markdown(rows, params), end="")
         # The steadier figure beside the table's best-epoch one (the table ranks on noisy maxima).
+        figures["ablation"] = {}
         for row in rows:
-            print(f"{row.name}: mean of each fold's last {n_late} epochs "
-                  f"{format_mean_sd(mean_sd(late_f1(row.result)), 3)} (folds "
+            row_late = mean_sd(late_f1(row.result))
+            print(f"{row.name}: mean of each fold's last {n_late} epochs {format_mean_sd(row_late, 3)} (folds "
                   f"{', '.join(str(f.fold) for f in row.result.folds)})")
-        figures["ablation"] = {"+".join(r.modalities): {"best_epoch": r.f1, f"last_{n_late}": mean_sd(late_f1(r.result))}
-                               for r in rows}
+            figures["ablation"]["+".join(row.modalities)] = {"best_epoch": row.f1, f"last_{n_late}": row_late}
         figures["seconds_ablation"] = round(time.perf_counter() - trained)
     (out / "figures.json").write_text(json.dumps(figures, indent=2))
 

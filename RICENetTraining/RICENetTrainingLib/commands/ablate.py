@@ -18,7 +18,8 @@ DESCRIPTION = (
 )
 
 
-def _combinations(text: str):
+def combinations_argument(text: str):
+    """argparse type for ``--combinations``: a bad list is a usage error naming the part, not a traceback."""
     from RICENetLib.errors import InputError
 
     from ..ablation import parse_combinations
@@ -32,7 +33,7 @@ def _combinations(text: str):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the bundles and the table")
-    parser.add_argument("--combinations", type=_combinations, default="all",
+    parser.add_argument("--combinations", type=combinations_argument, default="all",
                         help="'all' (default) or a ';'-separated list such as 'dose;event+dose;postop+event+dose'")
 
 
@@ -40,16 +41,15 @@ def run(args: argparse.Namespace) -> int:
     from RICENetLib.cohort import load_cohort
     from RICENetLib.commands.progressbar import progress_bar
 
-    from ..ablation import COMBINATIONS, run_ablation
+    from ..ablation import run_ablation
 
-    combinations = COMBINATIONS if args.combinations == "all" else args.combinations
     params = training_parameters(args, ("postop", "event", "dose"))
     params.validate()
     cases = load_cohort(args.cohort)
     load, preprocessing = case_loader(args)
     bar = progress_bar("ablation") if is_main_process() else contextlib.nullcontext()
     with bar as progress:
-        rows = run_ablation(cases, args.out, params, combinations=combinations, load=load,
+        rows = run_ablation(cases, args.out, params, combinations=args.combinations, load=load,
                             preprocessing=preprocessing, folds_file=folds_file(args), resume=args.resume,
                             overwrite=args.overwrite, progress=progress)
     if is_main_process():
