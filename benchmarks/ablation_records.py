@@ -3,8 +3,8 @@
     python benchmarks/ablation_records.py                          # every benchmarks/records/*ablation-fold*/
     python benchmarks/ablation_records.py --last-epochs 10 DIR DIR
 
-The ablation's run folders (``benchmarks/results/``) do not outlive a session,
-so each fold's seven training logs are committed to ``benchmarks/records/``
+The ablation's run folders (``benchmarks/results/``) are not committed and
+need not outlive a session, so each fold's seven training logs are committed to ``benchmarks/records/``
 (one folder per fold, one ``<combination>.csv`` each, the folds beside them).
 This reads them back and prints the paper-shaped table over the folds present:
 validation macro F1 at each fold's kept epoch, and the steadier mean of each
@@ -32,6 +32,10 @@ def read_log(path: Path) -> list[dict[str, str]]:
         raise SystemExit(f"{path}: the training log has no epochs.")
     if len({row["fold"] for row in rows}) != 1:
         raise SystemExit(f"{path}: the training log mixes folds; one file should hold one fold.")
+    epochs = [int(row["epoch"]) for row in rows]
+    if epochs != list(range(1, len(rows) + 1)):
+        raise SystemExit(f"{path}: the training log should hold epochs 1 to {len(rows)} once each, in order "
+                         "(a resumed run logged twice?).")
     if not any(_kept(row) for row in rows):
         raise SystemExit(f"{path}: the training log marks no epoch as kept.")
     return rows
