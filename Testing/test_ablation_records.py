@@ -85,7 +85,7 @@ def test_refuses_a_folder_without_folds(tmp_path):
 
 
 def test_the_committed_records_read_back(tmp_path, capsys):
-    """Every committed fold's logs pass the checks, and each complete fold holds all seven combinations."""
+    """Every committed fold's logs pass the checks, and the first recorded fold holds all seven combinations."""
     records = sorted((SCRIPT.parent / "records").glob("*ablation-fold*"))
     if not records:
         pytest.fail("no ablation records committed under benchmarks/records")
