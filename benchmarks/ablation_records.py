@@ -49,7 +49,7 @@ def fold_figures(rows: list[dict[str, str]], last: int) -> dict[str, float]:
     """The kept epoch's validation F1 (the weights a bundle ships) and the mean of the last epochs."""
     kept = [row for row in rows if _kept(row)]
     tail = rows[-last:]
-    return {"kept_f1": float(kept[-1]["val_macro_f1"]), "kept_epoch": int(kept[-1]["epoch"]),
+    return {"kept_f1": float(kept[-1]["val_macro_f1"]),
             "late_f1": statistics.fmean(float(row["val_macro_f1"]) for row in tail),
             "late_auc": statistics.fmean(float(row["val_auc"]) for row in tail)}
 
@@ -75,13 +75,14 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|")
     for combo in COMBINATIONS:
         per_fold = {}
+        stem = "+".join(combo)
         for d in dirs:
-            log = d / f"{'+'.join(combo)}.csv"
+            log = d / f"{stem}.csv"
             if log.exists():
                 rows = read_log(log)
                 fold = int(rows[0]["fold"])
                 if fold in per_fold:
-                    raise SystemExit(f"{log}: fold {fold} of {'+'.join(combo)} is recorded twice.")
+                    raise SystemExit(f"{log}: fold {fold} of {stem} is recorded twice.")
                 per_fold[fold] = fold_figures(rows, args.last_epochs)
         if not per_fold:
             print(f"| {combination_name(combo)} | none | — | — | — |")
