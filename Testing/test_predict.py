@@ -44,7 +44,8 @@ def test_predict_cli_writes_every_output(tiny_bundle, case_paths, tmp_path, caps
     out = tmp_path / "result"
     args = ["predict", "--bundle", str(tiny_bundle), "--postop", str(case_paths["postop"]), "--event",
             str(case_paths["event"]), "--dose", str(case_paths["dose"]), "--out", str(out), "--device", "cpu"]
-    assert main(args + ["--occlusion", "quick", "--per-modality", "--occlusion-mask", "12", "--occlusion-stride", "10"]) == 0
+    assert main(args + ["--occlusion", "quick", "--per-modality", "--occlusion-mask", "12", "--occlusion-stride", "10",
+                        "--occlusion-precision", "float16"]) == 0
     assert "of 2 folds, mean p =" in capsys.readouterr().out
     prediction = json.loads((out / "prediction.json").read_text(encoding="utf-8"))
     assert prediction["label"] in ("recurrence", "rice")
@@ -53,6 +54,7 @@ def test_predict_cli_writes_every_output(tiny_bundle, case_paths, tmp_path, caps
     assert prediction["agreement"] in ("1/2", "2/2") and len(prediction["folds"]) == 2
     assert prediction["bundle_id"].startswith("ricenet-postop+event+dose-")
     assert prediction["occlusion"]["forward_passes"] > 0
+    assert prediction["occlusion"]["precision"] == "float16"
     assert prediction["occlusion"]["mask_size"] in (12, [12, 12, 12]) and prediction["occlusion"]["stride"] in (10, [10, 10, 10])
     heatmap = sitk.ReadImage(str(out / "occlusion.nii.gz"))
     postop = sitk.ReadImage(str(case_paths["postop"]))

@@ -70,6 +70,7 @@ the fine boxes it selects, and the unoccluded pass twice per model.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
@@ -82,6 +83,7 @@ import torch
 
 from . import MODALITIES
 from .errors import InputError, reject_unknown_keys
+from .occlusion_precision import PRECISIONS, brute_force_autocast, compute_dtype, precision_context, resolve_precision
 from .progress import CancelCheck, Progress, ProgressCallback, as_progress
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,9 @@ class OcclusionSettings:
       (:mod:`RICENetLib.winograd`, F(2, 3) or F(4, 3) by tile shape; the same map
       to float rounding); ``0``: never; ``None``: by device, 256 on a CPU and off
       on a GPU (:func:`~RICENetLib.incremental_occlusion.default_winograd_channels`).
+    * ``precision``: ``"float32"`` (strict), ``"tf32"`` (tensor-core convolutions
+      on CUDA) or ``"float16"``; ``None``: ``"tf32"`` on CUDA, ``"float32"``
+      elsewhere (:mod:`RICENetLib.occlusion_precision`).
     """
 
     mask_size: Union[int, Sequence[int]] = 16
@@ -130,6 +135,7 @@ class OcclusionSettings:
     engine: str = "auto"
     batch_size: Optional[int] = None
     winograd_channels: Optional[int] = None
+    precision: Optional[str] = None
 
     def validate(self) -> "OcclusionSettings":
         """Raise :class:`InputError` naming the bad parameter; return self."""
@@ -159,6 +165,11 @@ class OcclusionSettings:
             raise InputError(f"Occlusion batch_size must be at least 1, got {self.batch_size}.")
         if self.winograd_channels is not None and int(self.winograd_channels) < 0:
             raise InputError(f"Occlusion winograd_channels must be 0 (off) or more, got {self.winograd_channels}.")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise InputError(f"Occlusion precision '{self.precision}' is unknown; use one of {', '.join(PRECISIONS)}.")
+        if self.precision == "float16" and self.winograd_channels:
+            raise InputError("Occlusion winograd_channels must be 0 (off) in float16 precision: "
+                             "Winograd's transforms lose too much in half precision.")
         if not 0.0 <= float(self.coarse_keep) <= 1.0:
             raise InputError(f"Occlusion coarse_keep must be in [0, 1], got {self.coarse_keep}.")
         if self.roi is not None:
@@ -383,10 +394,11 @@ class _Brute:
 
     engine = "brute"
 
-    def __init__(self, model: torch.nn.Module, image: torch.Tensor) -> None:
+    def __init__(self, model: torch.nn.Module, image: torch.Tensor, precision: str = "float32") -> None:
         self.model = model
         self.image = image
-        with torch.inference_mode():
+        self.autocast = functools.partial(brute_force_autocast, precision, image.device)
+        with torch.inference_mode(), self.autocast():
             self.base_logits = model(image[None])[0]
 
     def order(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -397,7 +409,7 @@ class _Brute:
         m = patches.shape[2:]
         for b, (z, y, x) in enumerate(starts.tolist()):
             batch[b, :, z:z + m[0], y:y + m[1], x:x + m[2]] = patches[b]
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             return self.model(batch)
 
 
@@ -491,6 +503,7 @@ class OcclusionResult:
     stride: Triple
     roi: tuple[tuple[int, int], ...]
     settings: OcclusionSettings = field(default_factory=OcclusionSettings)
+    precision: str = "float32"  # what the map was computed in (settings.precision resolved for the device)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the maps, for reports and ``prediction.json``."""
@@ -507,6 +520,7 @@ class OcclusionResult:
             "roi": _listify(self.roi),
             "per_modality": sorted(self.per_modality) if self.per_modality else None,
             "settings": self.settings.to_dict(),
+            "precision": self.precision,
         }
 
 
@@ -549,6 +563,7 @@ def occlusion_sensitivity(
         raise InputError(f"modality_names has {len(names)} names for an image with {channels} channels.")
     device = torch.device(device) if device is not None else _module_device(models[0])
     dtype = _module_dtype(models[0])
+    precision = resolve_precision(settings.precision, device)
     x = image.to(device=device, dtype=dtype)
     grid = box_grid(x.shape[1:], settings)
     variants: list[Optional[int]] = [None] + (list(range(channels)) if settings.per_modality else [])
@@ -557,25 +572,11 @@ def occlusion_sensitivity(
     for m in models:
         m.eval()
     try:
-        prepared = [_prepare(m, settings.engine, device, dtype, i) for i, m in enumerate(models)]
-        run = _Run(prepared, x, settings, variants, report)
-        if settings.coarse_to_fine:
-            coarse = box_grid(x.shape[1:], settings, mask_size=tuple(2 * m for m in grid.mask),
-                              stride=tuple(2 * s for s in grid.stride))
-            first = run.evaluate(coarse, [np.arange(coarse.count)] * len(variants), report.sub(0.0, 0.3))
-            target = _target(first.base, target_class)
-            coarse_maps = [first.accumulate(coarse, v, target) for v in range(len(variants))]
-            chosen = [_refine(grid, coarse_map, settings.coarse_keep, coarse.roi) for coarse_map in coarse_maps]
-            second = run.evaluate(grid, chosen, report.sub(0.3, 1.0))
-            maps = []
-            for v, coarse_map in enumerate(coarse_maps):
-                fine, weight = second.accumulate(grid, v, target, keep_weight=True)
-                maps.append(np.where(weight > 0, fine, coarse_map))
-        else:
-            second = run.evaluate(grid, [np.arange(grid.count)] * len(variants), report)
-            target = _target(second.base, target_class)
-            maps = [second.accumulate(grid, v, target) for v in range(len(variants))]
-        base = second.base
+        prepared = [_prepare(m, settings.engine, device, compute_dtype(precision, dtype), i)
+                    for i, m in enumerate(models)]
+        run = _Run(prepared, x, settings, variants, report, precision)
+        with precision_context(precision, device):
+            maps, base, target = _maps(run, grid, settings, variants, target_class, report)
     finally:
         for m, was_training in zip(models, training):
             m.train(was_training)
@@ -595,7 +596,31 @@ def occlusion_sensitivity(
         stride=grid.stride,
         roi=grid.roi,
         settings=settings,
+        precision=precision,
     )
+
+
+def _maps(run: "_Run", grid: BoxGrid, settings: OcclusionSettings, variants: list[Optional[int]],
+          target_class: Optional[int], report: Progress) -> tuple[list[np.ndarray], np.ndarray, int]:
+    """(maps, per-model unoccluded probabilities, target class): the plain grid, or coarse then fine."""
+    shape = run.x.shape[1:]
+    if settings.coarse_to_fine:
+        coarse = box_grid(shape, settings, mask_size=tuple(2 * m for m in grid.mask),
+                          stride=tuple(2 * s for s in grid.stride))
+        first = run.evaluate(coarse, [np.arange(coarse.count)] * len(variants), report.sub(0.0, 0.3))
+        target = _target(first.base, target_class)
+        coarse_maps = [first.accumulate(coarse, v, target) for v in range(len(variants))]
+        chosen = [_refine(grid, coarse_map, settings.coarse_keep, coarse.roi) for coarse_map in coarse_maps]
+        second = run.evaluate(grid, chosen, report.sub(0.3, 1.0))
+        maps = []
+        for v, coarse_map in enumerate(coarse_maps):
+            fine, weight = second.accumulate(grid, v, target, keep_weight=True)
+            maps.append(np.where(weight > 0, fine, coarse_map))
+    else:
+        second = run.evaluate(grid, [np.arange(grid.count)] * len(variants), report)
+        target = _target(second.base, target_class)
+        maps = [second.accumulate(grid, v, target) for v in range(len(variants))]
+    return maps, second.base, target
 
 
 def _target(base: np.ndarray, target_class: Optional[int]) -> int:
@@ -657,8 +682,9 @@ class _Run:
     """Evaluates box sets for every model, one model's cache in memory at a time."""
 
     def __init__(self, prepared: list[_Prepared], x: torch.Tensor, settings: OcclusionSettings,
-                 variants: list[Optional[int]], report: Progress) -> None:
+                 variants: list[Optional[int]], report: Progress, precision: str) -> None:
         self.prepared, self.x, self.settings, self.variants = prepared, x, settings, variants
+        self.precision = precision
         self.passes = 0
         self.skipped = 0
 
@@ -673,8 +699,10 @@ class _Run:
         batch = int(self.settings.batch_size or default_batch_size(self.x.device))
         for m, item in enumerate(self.prepared):
             report(done / max(todo, 1), f"Occlusion: preparing model {m + 1}/{models}")
-            evaluator = (_Incremental(item.network, self.x, winograd_channels=self.settings.winograd_channels)
-                         if item.network is not None else _Brute(item.model, self.x))
+            evaluator = (_Incremental(item.network, self.x.to(item.network.stem.weight.dtype),
+                                      winograd_channels=self.settings.winograd_channels)
+                         if item.network is not None else _Brute(item.model, self.x, self.precision))
+            self._check_finite(evaluator.base_logits, m)
             base_p = _probabilities(evaluator.base_logits[None])[0].cpu().numpy()
             if m == 0:
                 base = np.zeros((models, base_p.shape[0]))
@@ -691,6 +719,7 @@ class _Run:
                     starts = grid.starts[idx[part]]
                     _, patches = fill.occlude(starts)
                     logits = evaluator.logits(starts, patches, lo[part], hi[part])
+                    self._check_finite(logits, m)
                     boxes[v][m, idx[part]] = _probabilities(logits).cpu().numpy()
                     self.passes += len(part)
                     done += len(part)
@@ -698,6 +727,12 @@ class _Run:
                            f"Occlusion: model {m + 1}/{models}, {done}/{todo} boxes ({evaluator.engine})")
             del evaluator
         return _Outcome(base, boxes, chosen, self.settings.mode == "gaussian")
+
+    def _check_finite(self, logits: torch.Tensor, model: int) -> None:
+        if not bool(torch.isfinite(logits).all()):
+            hint = (" float16 ends at ±65,504: use precision 'tf32' or 'float32'." if self.precision == "float16"
+                    else " Check the model's weights and the image's intensities.")
+            raise InputError(f"Occlusion: model {model} gave non-finite outputs in {self.precision} precision.{hint}")
 
     def _changed(self, fill: _Fill, starts: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
         los, his = [], []

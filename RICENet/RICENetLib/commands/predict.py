@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --occlusion: box edge in model voxels instead of the preset's (presets suit 224³ inputs)")
     parser.add_argument("--occlusion-stride", type=int, default=None, metavar="VOX",
                         help="with --occlusion: step between boxes in model voxels instead of the preset's")
+    parser.add_argument("--occlusion-precision", choices=("float32", "tf32", "float16"), default=None,
+                        help="with --occlusion: arithmetic of the map (default: tf32 on CUDA, torch's default for "
+                        "convolutions there; float32 elsewhere). float32 is exact; tf32 and float16 are faster "
+                        "on a GPU and differ from it by about 1e-4 to 3e-4 in probability (README)")
     parser.add_argument("--per-modality", action="store_true",
                         help="with --occlusion: also one map per channel (occlude one modality at a time)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -53,11 +57,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("Give --postop, --event and --dose (or --cohort CSV).")
     bundle = load_bundle(args.bundle)
     flags = {"--per-modality": args.per_modality or None, "--occlusion-mask": args.occlusion_mask,
-             "--occlusion-stride": args.occlusion_stride}
+             "--occlusion-stride": args.occlusion_stride, "--occlusion-precision": args.occlusion_precision}
     if args.occlusion is None and any(v is not None for v in flags.values()):
         raise InputError(f"{', '.join(k for k, v in flags.items() if v is not None)} need(s) --occlusion.")
     occlusion = resolve_occlusion(args.occlusion, per_modality=args.per_modality or None,
-                                  mask_size=args.occlusion_mask, stride=args.occlusion_stride)
+                                  mask_size=args.occlusion_mask, stride=args.occlusion_stride,
+                                  precision=args.occlusion_precision)
     options = dict(device=args.device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
 
     if not args.cohort:
