@@ -86,3 +86,29 @@ def test_cuda_tf32_switches_are_set_for_the_map_and_restored(precision, allowed)
             assert torch.backends.cudnn.allow_tf32 is (not allowed)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_tf32_emulation_of_the_precision_benchmark():
+    """benchmarks/occlusion_precision.py's figures rest on this rounding: 10 mantissa bits, as a tensor core keeps."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import occlusion_precision as bench
+    finally:
+        sys.path.pop(0)
+    import RICENetLib.incremental_occlusion as engine
+
+    ulp = 2.0 ** -10  # TF32's spacing just above 1
+    x = torch.tensor([1.0, 1 + ulp / 2, 1 + 3 * ulp / 4, 1 + 3 * ulp / 2, -(1 + 3 * ulp / 4), 3.0e-3])
+    nearest, truncated = bench.to_tf32(x, "nearest"), bench.to_tf32(x, "truncate")
+    assert nearest[:5].tolist() == [1.0, 1.0, 1 + ulp, 1 + 2 * ulp, -(1 + ulp)]  # ties to even
+    assert truncated[:5].tolist() == [1.0, 1.0, 1.0, 1 + ulp, -1.0]
+    for y in (nearest, truncated):  # 13 low bits cleared, within TF32's relative precision
+        assert ((y.view(torch.int32) & 0x1FFF) == 0).all()
+        assert torch.allclose(y, x, rtol=2.0 ** -10, atol=0)
+    real = engine.F
+    with bench.tf32_convolutions("nearest"):
+        assert engine.F is not real and engine.F.relu is torch.nn.functional.relu
+    assert engine.F is real

@@ -18,14 +18,19 @@ Prints
    compared in the same run (target: >= 10x faster). By default over the ROI
    [0, 48)³ (MONAI's ``b_box``; 216 boxes, border and interior ones like the
    whole grid) so that MONAI finishes in minutes; ``--quick``: [0, 24)³, 27 boxes.
-   On CUDA twice: with TF32 convolutions (torch's default there), then in strict
-   float32, where the maps must agree as on the CPU;
+   On CUDA twice: in strict float32 (``precision="float32"``), where the maps
+   must agree as on the CPU, then with TF32 convolutions (the default there),
+   with our engine also in float16, every map measured against MONAI's strict one;
 3. forward passes (boxes) of each preset at 224³, and what the incremental
    engine costs for it in forward-pass equivalents;
 4. the time of a full 224³ five-fold map at the "standard" preset, estimated
    from the unoccluded pass and a random sample of boxes (printed as an
-   ESTIMATE); then, on CUDA or with ``--full``, measured: all five folds if the
-   estimate fits ``--budget-s`` (default 300 s on CUDA), else one fold;
+   ESTIMATE), also with the other Winograd settings and on CUDA in other
+   layouts, batches and precisions (float16, strict float32); on CUDA (or with
+   ``--profile``) a profile by operator of a few batches; then, on CUDA or with
+   ``--full``, measured: all five folds if the estimate fits ``--budget-s``
+   (default 300 s on CUDA), else one fold; on CUDA also in float16 if its
+   estimate fits;
 5. (not with ``--quick``, not on a GPU) how many boxes of a preprocessed synthetic case are
    skipped because they change no voxel (background), per fill mode.
 
@@ -46,6 +51,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from RICENetLib.incremental_occlusion import compile_network, default_winograd_channels
+from RICENetLib.occlusion_precision import compute_dtype, precision_context, resolve_precision
 from RICENetLib.occlusion import (
     OCCLUSION_PRESETS,
     OcclusionSettings,
@@ -134,7 +140,17 @@ def interior_box_by_stage(size: int, settings: OcclusionSettings, model: torch.n
 
 
 def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brute: bool, winograd: int | None,
-               note: str = "") -> None:
+               note: str = "", precision: str | None = None,
+               reference: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, float]:
+    """Returns MONAI's map (the drop of the target probability) and the unoccluded probability,
+    for ``reference`` of a later call.
+
+    ``precision``: ours and MONAI's (None: the device's default, TF32 on CUDA); on CUDA in TF32 our
+    engine also runs in float16; ``reference``: a strict float32 run's (map, probability) to measure
+    against. The unoccluded probability hints at how the GPU's TF32 rounds: in the CPU emulation
+    (``benchmarks/occlusion_precision.py``) truncating shifted a random resnet18's by 1.5e-3,
+    rounding to nearest by 2.2e-5.
+    """
     from monai.visualize import OcclusionSensitivity
 
     size = 96
@@ -151,20 +167,24 @@ def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brut
     occlusion = OcclusionSensitivity(model, mask_size=16, n_batch=batch, verbose=False, mode="gaussian",
                                      overlap=0.5, activate=lambda out: out.softmax(1))
     b_box = None if roi is None else [v for pair in roi for v in pair]
+    precision = resolve_precision(precision, device)
     sync(device)
     began = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), precision_context(precision, device):
         warnings.simplefilter("ignore")
         occluded, _ = occlusion(x[None], b_box=b_box)
     sync(device)
     monai_seconds = time.perf_counter() - began
 
     # the engine as configured, then the other Winograd settings: off, from 256, from 512 channels
-    runs = {"incremental": {"engine": "incremental"}}
+    runs = {"incremental": {"engine": "incremental", "precision": precision}}
     chosen = default_winograd_channels(device) if winograd is None else winograd
-    runs.update({winograd_name(c): {"engine": "incremental", "winograd_channels": c} for c in (0, 256, 512) if c != chosen})
+    runs.update({winograd_name(c): {"engine": "incremental", "winograd_channels": c, "precision": precision}
+                 for c in (0, 256, 512) if c != chosen})
+    if device.type == "cuda" and precision == "tf32":
+        runs["float16"] = {"engine": "incremental", "winograd_channels": 0, "precision": "float16"}
     if with_brute:
-        runs["brute"] = {"engine": "brute"}
+        runs["brute"] = {"engine": "brute", "precision": precision}
     results = {}
     for name, change in runs.items():
         sync(device)
@@ -173,15 +193,23 @@ def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brut
         sync(device)
         results[name].seconds = time.perf_counter() - began
     target = results["incremental"].target_class
-    with torch.inference_mode():
+    with torch.inference_mode(), precision_context(precision, device):
         p0 = model(x[None]).softmax(1)[0, target]
-    theirs = (p0 - torch.as_tensor(occluded)[0, target]).cpu().numpy()
+    theirs = (p0 - torch.as_tensor(occluded)[0, target]).cpu().numpy()  # MONAI's map, over its b_box
     inside = tuple(slice(None) for _ in range(3)) if roi is None else tuple(slice(a, b) for a, b in roi)
     fast = results["incremental"]
-    print(f"    MONAI OcclusionSensitivity: {monai_seconds:8.1f} s")
+    against = "" if reference is None else (f"; against MONAI's strict float32 map "
+                                             f"{float(np.abs(theirs - reference[0]).max()):.1e}, unoccluded "
+                                             f"p {float(p0):.6f} against {reference[1]:.6f}")
+    print(f"    MONAI OcclusionSensitivity ({precision}): {monai_seconds:8.1f} s{against}")
     for name, result in results.items():
         gap = float(np.abs(result.sensitivity[inside] - theirs).max())
-        print(f"    ours, {name:15s}:   {result.seconds:8.1f} s   max |map - MONAI's| = {gap:.1e} "
+        if reference is not None:
+            gap_strict = float(np.abs(result.sensitivity[inside] - reference[0]).max())
+            gap_text = f"max |map - MONAI's| = {gap:.1e}, - MONAI's float32 map: {gap_strict:.1e}"
+        else:
+            gap_text = f"max |map - MONAI's| = {gap:.1e}"
+        print(f"    ours, {name:15s} ({result.precision}): {result.seconds:8.1f} s   {gap_text} "
               f"(map range {float(np.abs(theirs).max()):.1e}); {monai_seconds / result.seconds:.1f}x MONAI's speed")
     versus_brute = (f"; over our brute force: {results['brute'].seconds / fast.seconds:.1f}x" if with_brute else "")
     print(f"    speed-up of the incremental engine ({f'Winograd from {chosen} channels' if chosen else 'Winograd off'}) "
@@ -189,6 +217,7 @@ def compare_96(device: torch.device, batch: int, roi_stop: int | None, with_brut
     full, per_box = flops_over_boxes(size, settings)
     print(f"    exact saving over these boxes (meta device): {per_box / 1e9:.1f} GFLOP per box against "
           f"{full / 1e9:.1f} for a full pass, {full / per_box:.2f}x fewer FLOPs")
+    return theirs, float(p0)
 
 
 def flops_over_boxes(size: int, settings: OcclusionSettings) -> tuple[float, float]:
@@ -286,18 +315,28 @@ def background_boxes(size: int) -> None:
 
 
 def estimate_per_box(device: torch.device, x: torch.Tensor, grid, batch: int, sample: int,
-                     channels_last: bool | None = None, winograd: int | None = None) -> tuple[float, float, int]:
+                     channels_last: bool | None = None, winograd: int | None = None,
+                     precision: str | None = None) -> tuple[float, float, int]:
     """(unoccluded pass + cache seconds, seconds per box, boxes timed) from random batches of the real run.
 
-    ``channels_last``, ``winograd``: the engine's layout and Winograd switches (None: its defaults).
+    ``channels_last``, ``winograd``, ``precision``: the engine's layout, Winograd and precision
+    switches (None: its defaults).
     """
+    precision = resolve_precision(precision, device)
+    with precision_context(precision, device):
+        return _estimate_per_box(device, x.to(compute_dtype(precision, x.dtype)), grid, batch, sample,
+                                 channels_last, winograd)
+
+
+def _estimate_per_box(device: torch.device, x: torch.Tensor, grid, batch: int, sample: int,
+                      channels_last: bool | None, winograd: int | None) -> tuple[float, float, int]:
     sync(device)
     began = time.perf_counter()
-    evaluator = _Incremental(compile_network(network(10, device)).to(device, torch.float32), x, channels_last, winograd)
+    evaluator = _Incremental(compile_network(network(10, device)).to(device, x.dtype), x, channels_last, winograd)
     sync(device)
     cache_seconds = time.perf_counter() - began
     batches = real_batches(evaluator.order, grid, batch, max(sample // batch, 1), 1)
-    patches = torch.randn(batch, 3, *grid.mask, generator=torch.Generator().manual_seed(3)).to(device)
+    patches = torch.randn(batch, 3, *grid.mask, generator=torch.Generator().manual_seed(3)).to(device, x.dtype)
     mask = np.asarray(grid.mask)
     for rounds in ((batches[:1],) if device.type == "cpu" else (batches,)):  # warm-up (GPU: each shape once)
         for part in rounds:
@@ -314,7 +353,7 @@ def estimate_per_box(device: torch.device, x: torch.Tensor, grid, batch: int, sa
 
 
 def full_224(device: torch.device, batch: int, measure: bool, sample: int, budget_s: float | None,
-             winograd: int | None, folds: int = 5) -> None:
+             winograd: int | None, folds: int = 5, profile: bool = False) -> None:
     """Estimate the 224³ five-fold 'standard' map from a sample of boxes; then, if asked, measure what fits.
 
     The estimate comes first so that a GPU lease, whose time is short, never
@@ -322,7 +361,9 @@ def full_224(device: torch.device, batch: int, measure: bool, sample: int, budge
     fits ``budget_s``, else one fold (and the five-fold time is that times five,
     printed as such), else nothing. The estimate is also printed with the
     other Winograd settings (off, from 256, from 512 channels), and on CUDA
-    for the NCDHW layout and for half and double the batch.
+    for the NCDHW layout, for half and double the batch, and in float16 and in
+    strict float32 (the default there is TF32); on CUDA the float16 map is
+    measured too when its estimate fits the budget.
     """
     size = 224
     settings = OCCLUSION_PRESETS["standard"]
@@ -330,15 +371,18 @@ def full_224(device: torch.device, batch: int, measure: bool, sample: int, budge
     x = torch.randn(3, size, size, size, generator=torch.Generator().manual_seed(2)).to(device)
     print(f"[4] full {size}^3 {folds}-fold map, 'standard' preset ({grid.count} boxes per model), {device}, "
           f"{torch.get_num_threads()} threads:")
-    variants = [("engine default", batch, None, winograd)]
+    variants = [("engine default", batch, None, winograd, None)]
     chosen = default_winograd_channels(device) if winograd is None else winograd
-    variants += [(winograd_name(c), batch, None, c) for c in (0, 256, 512) if c != chosen]
+    variants += [(winograd_name(c), batch, None, c, None) for c in (0, 256, 512) if c != chosen]
     if device.type == "cuda":
-        variants += [("NCDHW layout", batch, False, winograd), (f"batch {batch // 2}", batch // 2, None, winograd),
-                     (f"batch {2 * batch}", 2 * batch, None, winograd)]
+        variants += [("NCDHW layout", batch, False, winograd, None),
+                     (f"batch {batch // 2}", batch // 2, None, winograd, None),
+                     (f"batch {2 * batch}", 2 * batch, None, winograd, None),
+                     ("float16", batch, None, 0, "float16"), ("float32 strict", batch, None, winograd, "float32")]
     estimates, cache_seconds = {}, {}
-    for name, size_of_batch, layout, channels in variants:
-        cache_seconds[name], per_box, timed = estimate_per_box(device, x, grid, size_of_batch, sample, layout, channels)
+    for name, size_of_batch, layout, channels, precision in variants:
+        cache_seconds[name], per_box, timed = estimate_per_box(device, x, grid, size_of_batch, sample, layout,
+                                                               channels, precision)
         estimates[name] = total = folds * (cache_seconds[name] + grid.count * per_box)
         print(f"    {name:17s}: unoccluded pass + cache {cache_seconds[name]:.2f} s per model; {per_box * 1e3:.2f} ms per box "
               f"({timed} boxes: random batches of the real run, batch {size_of_batch}) -> ESTIMATE {total:.0f} s "
@@ -349,6 +393,11 @@ def full_224(device: torch.device, batch: int, measure: bool, sample: int, budge
     forward = cache_seconds["engine default"] if device.type == "cpu" else estimate_forward(device, x)
     print(f"    brute force ESTIMATE: {folds * grid.count * forward / 3600:.1f} h "
           f"({folds * grid.count} forward passes of {forward:.3f} s)")
+    if profile or device.type == "cuda":
+        try:
+            profile_ops(device, x, grid, batch, winograd)
+        except Exception as error:  # a profiler problem must not cost the lease its measured map
+            print(f"    profile failed: {type(error).__name__}: {error}")
     if not measure:
         return
     budget = float("inf") if budget_s is None else budget_s
@@ -356,21 +405,54 @@ def full_224(device: torch.device, batch: int, measure: bool, sample: int, budge
     if not run_folds:
         print(f"    not measured: even one fold ({per_model:.0f} s estimated) exceeds the budget of {budget:.0f} s")
         return
+    measure_map(device, x, settings, batch, winograd, None, "engine default", run_folds, folds, total, budget)
+    if device.type == "cuda" and estimates["float16"] <= budget:
+        measure_map(device, x, settings, batch, 0, "float16", "float16", folds, folds, estimates["float16"], budget)
+
+
+def profile_ops(device: torch.device, x: torch.Tensor, grid, batch: int, winograd: int | None,
+                batches: int = 4) -> None:
+    """Where a batch's time goes, by operator (torch.profiler over a few warm batches of the real run):
+    which kernels the next optimisation should aim at."""
+    from torch.profiler import ProfilerActivity, profile
+
+    precision = resolve_precision(None, device)
+    with precision_context(precision, device):
+        evaluator = _Incremental(compile_network(network(10, device)).to(device, torch.float32), x, None, winograd)
+        parts = real_batches(evaluator.order, grid, batch, batches, 5)
+        patches = torch.randn(batch, 3, *grid.mask, generator=torch.Generator().manual_seed(3)).to(device)
+        mask = np.asarray(grid.mask)
+        for part in parts:  # warm-up: each shape once
+            evaluator.logits(grid.starts[part], patches[:len(part)], grid.starts[part], grid.starts[part] + mask)
+        sync(device)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as trace:
+            for part in parts:
+                evaluator.logits(grid.starts[part], patches[:len(part)], grid.starts[part], grid.starts[part] + mask)
+            sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"    profile of {len(parts)} batches of {batch} ({precision}), operators by {key}:")
+    print("\n".join("      " + line for line in trace.key_averages().table(sort_by=key, row_limit=14).splitlines()))
+
+
+def measure_map(device: torch.device, x: torch.Tensor, settings: OcclusionSettings, batch: int, winograd: int | None,
+                precision: str | None, name: str, run_folds: int, folds: int, estimate: float, budget: float) -> None:
+    """Time the map `ricenet predict` computes, with ``run_folds`` of the benchmark's random models."""
     models = [network(10 + f, device) for f in range(run_folds)]
     sync(device)
     began = time.perf_counter()
     # what `ricenet predict` runs, at the benchmark's batch (by default the engine's own)
     result = occlusion_sensitivity(models, x, OcclusionSettings(**{**settings.to_dict(), "batch_size": batch,
-                                                                   "winograd_channels": winograd}))
+                                                                   "winograd_channels": winograd,
+                                                                   "precision": precision}))
     sync(device)
     seconds = time.perf_counter() - began
+    what = f"{result.engine}, {result.precision}; {result.forward_passes} box evaluations; batch {batch}"
     if run_folds == folds:
-        print(f"    MEASURED (engine default): {seconds:.1f} s for the {folds}-fold map ({result.engine}; "
-              f"{result.forward_passes} box evaluations; batch {batch})")
+        print(f"    MEASURED ({name}): {seconds:.1f} s for the {folds}-fold map ({what})")
     else:
-        print(f"    MEASURED (engine default): {seconds:.1f} s for ONE fold ({result.engine}; {result.forward_passes} "
-              f"box evaluations; batch {batch}); {folds} folds at that rate: {folds * seconds:.0f} s (the estimate "
-              f"of {total:.0f} s exceeded the budget of {budget:.0f} s)")
+        print(f"    MEASURED ({name}): {seconds:.1f} s for ONE fold ({what}); {folds} folds at that rate: "
+              f"{folds * seconds:.0f} s (the estimate of {estimate:.0f} s exceeded the budget of {budget:.0f} s)")
 
 
 def estimate_forward(device: torch.device, x: torch.Tensor) -> float:
@@ -399,6 +481,8 @@ def main() -> None:
     parser.add_argument("--winograd-channels", type=int, default=None, metavar="C",
                         help="[2], [4]: Winograd's algorithm for 3x3x3 convolutions of >= C channels (0: off; "
                         "default: the engine's choice for the device)")
+    parser.add_argument("--profile", action="store_true",
+                        help="[4]: operators by time over a few batches (always on CUDA)")
     parser.add_argument("--timings-only", action="store_true",
                         help="skip [1] and [3], FLOP counts that do not depend on the device (saves a GPU lease's time)")
     parser.add_argument("--budget-s", type=float, default=None,
@@ -418,21 +502,19 @@ def main() -> None:
     if not args.timings_only:
         flops_per_box(224, OCCLUSION_PRESETS["standard"], batch, None if thorough else 32)
     roi_stop = None if args.full96 else (24 if args.quick else 48)
-    compare_96(device, batch, roi_stop, args.quick or args.with_brute, args.winograd_channels,
-               ", TF32 convolutions (torch's default on CUDA)" if device.type == "cuda" else "")
-    if device.type == "cuda":  # exactness: the same comparison in strict float32
-        tf32 = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            compare_96(device, batch, roi_stop, False, args.winograd_channels, ", TF32 off (strict float32)")
-        finally:
-            torch.backends.cudnn.allow_tf32 = tf32
+    if device.type == "cuda":  # strict float32 first: the reference the faster precisions are measured against
+        strict = compare_96(device, batch, roi_stop, False, args.winograd_channels, ", TF32 off (strict float32)",
+                            precision="float32")
+        compare_96(device, batch, roi_stop, args.quick or args.with_brute, args.winograd_channels,
+                   ", TF32 convolutions (torch's default on CUDA)", precision="tf32", reference=strict)
+    else:
+        compare_96(device, batch, roi_stop, args.quick or args.with_brute, args.winograd_channels)
     if not args.timings_only:
         presets(224, batch, not thorough)
     measure = not args.skip_full and (device.type != "cpu" or args.full)
     budget = args.budget_s if args.budget_s is not None else (300.0 if device.type == "cuda" else None)
     full_224(device, batch, measure, 8 if args.quick else (256 if device.type == "cuda" else 32), budget,
-             args.winograd_channels)
+             args.winograd_channels, profile=args.profile)
     if thorough:
         background_boxes(224)
 

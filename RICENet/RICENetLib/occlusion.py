@@ -37,7 +37,8 @@ Beyond MONAI: per-modality maps (one channel occluded at a time, its own
 image/patch mean for the mean fills), coarse-then-fine, skipping boxes whose
 occluded content equals the image (exact: those boxes change nothing), and the
 incremental engine (:mod:`RICENetLib.incremental_occlusion`), which gives the
-brute-force answer for a fraction of the FLOPs.
+brute-force answer for a fraction of the FLOPs, and a choice of arithmetic for
+GPUs: strict float32, TF32 or float16 (:mod:`RICENetLib.occlusion_precision`).
 
 Cost at 224³ for one fold model (resnet18, 3 channels; ``python benchmarks/occlusion.py``):
 brute force runs one forward pass (3.68 TFLOP) per box; the incremental engine

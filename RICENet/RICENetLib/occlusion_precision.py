@@ -8,21 +8,25 @@ mantissa bits, the sums kept in float32. Strict float32 avoids that rounding,
 but an H100 has no tensor cores for it and does several times fewer
 operations per second. float16 rounds to the same 10 bits as TF32 and also
 stores the activations in them, which halves the memory traffic and doubles
-the tensor cores' rate again, but its range ends at 65,504.
+the tensor cores' rate again (what that buys a map is not yet measured on a
+GPU: ``benchmarks/gpu.sh``), but its range ends at 65,504.
 
 How far each lands from the float32 map, on this project's trained 64³
-ensemble and a preprocessed synthetic case (``python
+ensemble and preprocessed synthetic cases (``python
 benchmarks/occlusion_precision.py``; TF32 emulated on the CPU by rounding the
-operands of every convolution as the tensor cores do): see the README.
+operands of every convolution as a tensor core does): up to 2.5e-4 (float16)
+and 3.7e-4 (TF32) in a map of up to 0.25, or 2.8e-3 if the GPU truncates to
+TF32 rather than rounding (README, *Measured figures*).
 
 * ``"float32"``: strict; on CUDA TF32 is switched off for the map. The map
   equals brute force to float rounding (tested to 1e-4 in probability).
 * ``"tf32"``: float32 tensors with TF32 tensor-core convolutions (CUDA on
-  Ampere or later); matrix products (the linear head, Winograd's products)
-  stay strict, as they cost next to nothing. Elsewhere the same as float32.
+  Ampere or later); matrix products stay strict (the linear head costs
+  nothing; Winograd's products, off on a GPU by default, keep their float32
+  error bound). Elsewhere the same as float32.
 * ``"float16"``: the incremental engine in half precision (weights, cached
-  maps, tiles), its global-average-pool sums and linear head in float32 and
-  float64; brute force under ``torch.autocast``. Winograd's algorithm is not
+  maps, tiles), its global-average-pool sums in float64 and its linear head
+  in float32; brute force under ``torch.autocast``. Winograd's algorithm is not
   used: its transforms multiply values by up to 8 and lose too much.
 * ``None``: by device: ``"tf32"`` on CUDA (torch's own default there, and what
   MONAI's ``OcclusionSensitivity`` gets), ``"float32"`` elsewhere.

@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --occlusion: step between boxes in model voxels instead of the preset's")
     parser.add_argument("--occlusion-precision", choices=("float32", "tf32", "float16"), default=None,
                         help="with --occlusion: arithmetic of the map (default: tf32 on CUDA, torch's default for "
-                        "convolutions there; float32 elsewhere). float32 is exact; tf32 and float16 are faster "
-                        "on a GPU and differ from it by about 1e-4 to 3e-4 in probability (README)")
+                        "convolutions there; float32 elsewhere). float32 is exact; tf32 is faster on a GPU, float16 "
+                        "perhaps faster still (not yet timed on one); neither is exact (README, 'Occlusion precision')")
     parser.add_argument("--per-modality", action="store_true",
                         help="with --occlusion: also one map per channel (occlude one modality at a time)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
