@@ -68,17 +68,13 @@ def precision_context(precision: str, device: torch.device | str) -> Iterator[No
     if torch.device(device).type != "cuda" or precision == "float16":
         yield
         return
-    allow = precision == "tf32"
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    # the two switches only (torch.backends.cudnn.flags() would also reset cuDNN's other settings)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = precision == "tf32", False
     try:
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
-                                        benchmark=torch.backends.cudnn.benchmark,
-                                        deterministic=torch.backends.cudnn.deterministic,
-                                        allow_tf32=allow):
-            yield
+        yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def brute_force_autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
