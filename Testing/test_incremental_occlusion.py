@@ -270,3 +270,18 @@ def test_winograd_engine_equals_brute_force(name, tile, monkeypatch):
     maps = [occlusion_sensitivity([model], x, OcclusionSettings(mask_size=5, stride=4, winograd_channels=w)).sensitivity
             for w in (0, 1)]
     np.testing.assert_allclose(maps[0], maps[1], atol=1e-5)
+
+
+def test_stages_are_named_in_a_profiler_trace():
+    """benchmarks/occlusion.py reads the time per stage from these labels (on a GPU, where the time goes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = _randomise_bn(ARCHITECTURES["resnet18"](), 8)
+    x = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(8))
+    runner = IncrementalRunner(compile_network(model), x)
+    start = np.array([[4, 4, 4]])
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        runner.logits(start, torch.zeros(1, 2, 5, 5, 5), start, start + 5)
+    stages = {e.key for e in trace.key_averages() if e.key.startswith("occlusion stage:")}
+    assert stages == {"occlusion stage: stem", "occlusion stage: pool + head"} | {
+        f"occlusion stage: block {i} ({c} channels)" for i, c in enumerate([8, 8, 16, 16, 32, 32, 64, 64])}

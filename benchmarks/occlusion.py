@@ -27,7 +27,7 @@ Prints
    from the unoccluded pass and a random sample of boxes (printed as an
    ESTIMATE), also with the other Winograd settings and on CUDA in other
    layouts, batches and precisions (float16, strict float32); on CUDA (or with
-   ``--profile``) a profile by operator of a few batches; then, on CUDA or with
+   ``--profile``) a profile of a few batches by stage and by operator; then, on CUDA or with
    ``--full``, measured: all five folds if the estimate fits ``--budget-s``
    (default 300 s on CUDA), else one fold; on CUDA also in float16 if its
    estimate fits;
@@ -430,9 +430,21 @@ def profile_ops(device: torch.device, x: torch.Tensor, grid, batch: int, winogra
             for part in parts:
                 evaluator.logits(grid.starts[part], patches[:len(part)], grid.starts[part], grid.starts[part] + mask)
             sync(device)
+    events = trace.key_averages()
+    boxes = sum(len(part) for part in parts)
+    print(f"    profile of {len(parts)} batches of {batch} ({precision}), by stage (the engine's record_function "
+          f"labels), per box: CPU ms (launching, on a GPU) / device ms")
+    def network_order(event) -> tuple[int, int]:  # stem, block 0, 1, ..., pool + head
+        words = event.key.split()
+        return (1, int(words[3])) if words[2] == "block" else (0 if words[2] == "stem" else 2, 0)
+
+    for event in sorted((e for e in events if e.key.startswith("occlusion stage:")), key=network_order):
+        on_device = getattr(event, "device_time_total", 0.0) or getattr(event, "cuda_time_total", 0.0)
+        print(f"      {event.key[len('occlusion stage: '):]:28s} {event.cpu_time_total / 1e3 / boxes:8.3f} "
+              f"{on_device / 1e3 / boxes:8.3f}")
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(f"    profile of {len(parts)} batches of {batch} ({precision}), operators by {key}:")
-    print("\n".join("      " + line for line in trace.key_averages().table(sort_by=key, row_limit=14).splitlines()))
+    print(f"    operators by {key}:")
+    print("\n".join("      " + line for line in events.table(sort_by=key, row_limit=14).splitlines()))
 
 
 def measure_map(device: torch.device, x: torch.Tensor, settings: OcclusionSettings, batch: int, winograd: int | None,
@@ -482,7 +494,7 @@ def main() -> None:
                         help="[2], [4]: Winograd's algorithm for 3x3x3 convolutions of >= C channels (0: off; "
                         "default: the engine's choice for the device)")
     parser.add_argument("--profile", action="store_true",
-                        help="[4]: operators by time over a few batches (always on CUDA)")
+                        help="[4]: time by stage and by operator over a few batches (always on CUDA)")
     parser.add_argument("--timings-only", action="store_true",
                         help="skip [1] and [3], FLOP counts that do not depend on the device (saves a GPU lease's time)")
     parser.add_argument("--budget-s", type=float, default=None,
