@@ -27,7 +27,7 @@ run() {
 # Issue 5: the five-fold ensemble on one 3×224³ case.
 run 90 benchmarks/inference.py --device cuda --size 224
 # Issue 7: 96³ against MONAI (strict float32, then TF32 with float16 beside it), and the full 224³
-# five-fold 'standard' map (estimated first for each setting, then measured in the default TF32 and
+# five-fold 'standard' map (estimated first for each setting, profiled by stage and operator, then measured in the default TF32 and
 # in float16: five folds if the estimate fits the budget, else one; target ≤ 60 s on one H100).
 # The FLOP counts ([1], [3]) do not depend on the device and are measured on the CPU.
 run $((2 * budget + 150)) benchmarks/occlusion.py --device cuda --timings-only --budget-s "$budget"
