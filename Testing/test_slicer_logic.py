@@ -116,6 +116,7 @@ def test_classify_a_case_end_to_end(scene_with_case, tiny_bundle, small_case, tm
     paths = logic.export(job, prediction, tmp_path / "report")
     data = json.loads(paths["prediction"].read_text(encoding="utf-8"))
     assert data["label"] == label and data["verdict"] == result.verdict
+    assert data["occlusion"]["precision"] == "float32", "the precision the map ran in, not the unset setting"
     assert paths["occlusion"].is_file() and paths["report"].is_file() and paths["overview"].is_file()
 
     # Restyling the heatmap needs no recomputation.

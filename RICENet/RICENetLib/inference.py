@@ -211,7 +211,8 @@ def predict_case(
         if result.per_modality:
             prediction.occlusion_per_modality = {m: prepared.to_reference(a) for m, a in result.per_modality.items()}
         prediction.occlusion_settings = {**occlusion.to_dict(), "target_class": prediction.label,
-                                         "engine": result.engine, "forward_passes": int(result.forward_passes)}
+                                         "engine": result.engine, "forward_passes": int(result.forward_passes),
+                                         "precision": result.precision}
         timings["occlusion"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
     report(1.0, "done")
