@@ -78,8 +78,8 @@ def precision_context(precision: str, device: torch.device | str) -> Iterator[No
 
 
 def brute_force_autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """Brute force's forward passes in ``"float16"``: convolutions in half precision under
-    ``torch.autocast`` (BatchNorm and the head stay float32); otherwise nothing changes."""
+    """Brute force's forward passes in ``"float16"``: ``torch.autocast``'s rules (convolutions and
+    linear layers in half precision); otherwise nothing changes."""
     if precision != "float16":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.float16)
