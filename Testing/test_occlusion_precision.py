@@ -17,7 +17,7 @@ import torch
 from RICENetLib.errors import InputError
 from RICENetLib.incremental_occlusion import IncrementalRunner, compile_network
 from RICENetLib.occlusion import OcclusionSettings, occlusion_sensitivity
-from RICENetLib.occlusion_precision import default_precision, precision_context
+from RICENetLib.occlusion_precision import default_precision, precision_context, resolve_precision
 
 from test_occlusion import image, one_thread, small_resnet  # noqa: F401 - the fixture applies here too
 
@@ -65,7 +65,11 @@ def test_precision_settings_validate_and_round_trip():
     with pytest.raises(InputError, match="winograd_channels must be 0"):
         OcclusionSettings(precision="float16", winograd_channels=256).validate()
     assert default_precision("cuda") == "tf32" and default_precision("cpu") == "float32"
-    assert occlusion_sensitivity([small_resnet()], image(size=16), OcclusionSettings(mask_size=8, stride=8)).precision == "float32"
+    assert resolve_precision("tf32", "cuda:0") == "tf32" and resolve_precision("tf32", "cpu") == "float32"
+    assert resolve_precision("float16", "cpu") == "float16" and resolve_precision(None, "cuda") == "tf32"
+    for asked in (None, "tf32"):  # a CPU has no TF32: the result says what it computed in
+        settings = OcclusionSettings(mask_size=8, stride=8, precision=asked)
+        assert occlusion_sensitivity([small_resnet()], image(size=16), settings).precision == "float32"
 
 
 @pytest.mark.parametrize("precision, allowed", [("float32", False), ("tf32", True)])

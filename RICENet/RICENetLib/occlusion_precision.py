@@ -51,7 +51,11 @@ def default_precision(device: torch.device | str) -> str:
 
 
 def resolve_precision(precision: Optional[str], device: torch.device | str) -> str:
-    return default_precision(device) if precision is None else precision
+    """What a map on ``device`` really computes in: the default if unset; ``"tf32"`` is
+    ``"float32"`` off CUDA (so that a result records the arithmetic it got)."""
+    if precision is None:
+        return default_precision(device)
+    return "float32" if precision == "tf32" and torch.device(device).type != "cuda" else precision
 
 
 def compute_dtype(precision: str, model_dtype: torch.dtype) -> torch.dtype:
