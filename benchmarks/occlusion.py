@@ -336,20 +336,24 @@ def _estimate_per_box(device: torch.device, x: torch.Tensor, grid, batch: int, s
     sync(device)
     cache_seconds = time.perf_counter() - began
     batches = real_batches(evaluator.order, grid, batch, max(sample // batch, 1), 1)
-    patches = torch.randn(batch, 3, *grid.mask, generator=torch.Generator().manual_seed(3)).to(device, x.dtype)
-    mask = np.asarray(grid.mask)
-    for rounds in ((batches[:1],) if device.type == "cpu" else (batches,)):  # warm-up (GPU: each shape once)
-        for part in rounds:
-            starts = grid.starts[part]
-            evaluator.logits(starts, patches[:len(part)], starts, starts + mask)
+    run_batches(evaluator, grid, batches[:1] if device.type == "cpu" else batches)  # warm-up (GPU: each shape once)
     sync(device)
     began = time.perf_counter()
-    for part in batches:
-        starts = grid.starts[part]
-        evaluator.logits(starts, patches[:len(part)], starts, starts + mask)
+    run_batches(evaluator, grid, batches)
     sync(device)
     timed = sum(len(part) for part in batches)
     return cache_seconds, (time.perf_counter() - began) / timed, timed
+
+
+def run_batches(evaluator: _Incremental, grid, batches: list[np.ndarray]) -> None:
+    """Evaluate boxes of the grid, batch by batch, with the same random box contents (what is timed)."""
+    dtype, device = evaluator.runner.net.stem.weight.dtype, evaluator.runner.net.stem.weight.device
+    largest = max(len(part) for part in batches)
+    patches = torch.randn(largest, 3, *grid.mask, generator=torch.Generator().manual_seed(3)).to(device, dtype)
+    mask = np.asarray(grid.mask)
+    for part in batches:
+        starts = grid.starts[part]
+        evaluator.logits(starts, patches[:len(part)], starts, starts + mask)
 
 
 def full_224(device: torch.device, batch: int, measure: bool, sample: int, budget_s: float | None,
@@ -420,15 +424,11 @@ def profile_ops(device: torch.device, x: torch.Tensor, grid, batch: int, winogra
     with precision_context(precision, device):
         evaluator = _Incremental(compile_network(network(10, device)).to(device, torch.float32), x, None, winograd)
         parts = real_batches(evaluator.order, grid, batch, batches, 5)
-        patches = torch.randn(batch, 3, *grid.mask, generator=torch.Generator().manual_seed(3)).to(device)
-        mask = np.asarray(grid.mask)
-        for part in parts:  # warm-up: each shape once
-            evaluator.logits(grid.starts[part], patches[:len(part)], grid.starts[part], grid.starts[part] + mask)
+        run_batches(evaluator, grid, parts)  # warm-up: each shape once
         sync(device)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as trace:
-            for part in parts:
-                evaluator.logits(grid.starts[part], patches[:len(part)], grid.starts[part], grid.starts[part] + mask)
+            run_batches(evaluator, grid, parts)
             sync(device)
     events = trace.key_averages()
     boxes = sum(len(part) for part in parts)

@@ -686,6 +686,7 @@ class _Run:
                  variants: list[Optional[int]], report: Progress, precision: str) -> None:
         self.prepared, self.x, self.settings, self.variants = prepared, x, settings, variants
         self.precision = precision
+        self.engine_x = x.to(compute_dtype(precision, x.dtype))  # what the incremental engine computes on
         self.passes = 0
         self.skipped = 0
 
@@ -700,8 +701,7 @@ class _Run:
         batch = int(self.settings.batch_size or default_batch_size(self.x.device))
         for m, item in enumerate(self.prepared):
             report(done / max(todo, 1), f"Occlusion: preparing model {m + 1}/{models}")
-            evaluator = (_Incremental(item.network, self.x.to(item.network.stem.weight.dtype),
-                                      winograd_channels=self.settings.winograd_channels)
+            evaluator = (_Incremental(item.network, self.engine_x, winograd_channels=self.settings.winograd_channels)
                          if item.network is not None else _Brute(item.model, self.x, self.precision))
             self._check_finite(evaluator.base_logits, m)
             base_p = _probabilities(evaluator.base_logits[None])[0].cpu().numpy()
