@@ -116,3 +116,16 @@ def test_tf32_emulation_of_the_precision_benchmark():
     with bench.tf32_convolutions("nearest"):
         assert engine.F is not real and engine.F.relu is torch.nn.functional.relu
     assert engine.F is real
+
+
+def test_cli_offers_exactly_the_engine_precisions():
+    """The CLI spells the choices out (importing torch for `ricenet --help` would be slow): kept in step here."""
+    import argparse
+
+    from RICENetLib.commands import predict
+    from RICENetLib.occlusion_precision import PRECISIONS
+
+    parser = argparse.ArgumentParser()
+    predict.add_arguments(parser)
+    option = next(a for a in parser._actions if "--occlusion-precision" in a.option_strings)
+    assert tuple(option.choices) == PRECISIONS
