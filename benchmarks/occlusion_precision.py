@@ -5,7 +5,8 @@ float32: cuDNN's default for float32 is TF32 (operands rounded to 10 mantissa
 bits), and float16 rounds to the same 10 bits and also stores the activations
 in them. This prints, for every box of a mask-16, stride-8 map, the largest
 difference in the target-class probability against the float32 engine, and
-the largest difference between the maps, for
+the largest difference in a box's drop of it (a map voxel averages the drops of the
+boxes over it, so the maps differ by no more), for
 
 * ``float16``: the incremental engine in half precision (``precision="float16"``), run for real;
 * ``tf32 (nearest)`` / ``tf32 (truncate)``: float32 with every convolution's

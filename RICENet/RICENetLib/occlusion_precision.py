@@ -11,12 +11,13 @@ stores the activations in them, which halves the memory traffic and doubles
 the tensor cores' rate again (what that buys a map is not yet measured on a
 GPU: ``benchmarks/gpu.sh``), but its range ends at 65,504.
 
-How far each lands from the float32 map, on this project's trained 64³
-ensemble and preprocessed synthetic cases (``python
-benchmarks/occlusion_precision.py``; TF32 emulated on the CPU by rounding the
-operands of every convolution as a tensor core does): up to 2.5e-4 (float16)
-and 3.7e-4 (TF32) in a map of up to 0.25, or 2.8e-3 if the GPU truncates to
-TF32 rather than rounding (README, *Measured figures*).
+How far each lands from float32, on this project's trained 64³ ensemble and
+preprocessed synthetic cases (``python benchmarks/occlusion_precision.py``;
+TF32 emulated on the CPU by rounding the operands of every convolution as a
+tensor core does): a box's drop of probability by up to 2.5e-4 (float16) and
+3.7e-4 (TF32) where drops reach 0.25, or 2.8e-3 if the GPU truncates to TF32
+rather than rounding (README, *Measured figures*). A map voxel averages the
+drops of the boxes over it, so the maps differ by no more.
 
 * ``"float32"``: strict; on CUDA TF32 is switched off for the map. The map
   equals brute force to float rounding (tested to 1e-4 in probability).
