@@ -41,6 +41,8 @@ def test_the_plan_pins_the_installed_torch_build_and_slicers_own_packages():
     message = plan.failure_message("RICE-NET")
     assert "torch 2.5.1+cu121" in message and "monai>=1.4" in message and "PyTorch extension" in message
     assert not install_plan(["nibabel>=5"], installed=CUDA_TORCH, version={"nibabel": "5.3.2"}.get).needed
+    # A version pip could not parse would make the constraints file itself invalid: it is left out.
+    assert install_plan([], installed={"torch": "2.5.1", "vtk": "9.4-slicer"}).constraints == ["torch==2.5.1"]
 
 
 def test_the_plan_refuses_what_would_bring_pypis_torch_or_replace_a_kept_package():

@@ -136,8 +136,16 @@ def install_plan(requirements: Iterable[str], installed: Mapping[str, str] | Non
             raise InputError(f"{', '.join(torch_users)} need torch, which is not installed: install it with the PyTorch "
                              "extension (PyTorch Utils module) first, so that pip does not fetch a build unsuited to "
                              "your GPU.")
-    constraints = sorted(f"{name}=={v}" for name, v in installed.items())
+    constraints = sorted(f"{name}=={v}" for name, v in installed.items() if _is_version(v))  # pip refuses a bad pin
     return InstallPlan(missing, constraints, dict(installed))
+
+
+def _is_version(text: str) -> bool:
+    try:
+        Version(text)
+    except InvalidVersion:
+        return False
+    return True
 
 
 def unavailable_modules(names: Iterable[str]) -> list[str]:
