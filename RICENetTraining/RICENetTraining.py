@@ -13,6 +13,7 @@ against ``Resources/UI/RICENetTraining.ui``.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from typing import Annotated
 
@@ -31,11 +32,12 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from RICENetLib import dependencies, task_stop
+from RICENetLib.slicer_logic import path_text
 from RICENetTrainingLib import LR_SCHEDULES
 from RICENetTrainingLib.slicer_logic import (CROP_CENTRES, DEVICES, SKULL_STRIP_CHOICES, TrainingLogic, TrainingSettings,
-                                             result_message)
+                                             required_packages, result_message)
 
-TRAINING_REQUIREMENTS = ("monai>=1.4", "safetensors>=0.4", "nibabel>=5", "matplotlib>=3.7")
 POLL_INTERVAL_MS = 500
 
 
@@ -61,8 +63,9 @@ class RICENetTraining(ScriptedLoadableModule):
 class RICENetTrainingParameterNode:
     """The training choices and the nodes of the last run; saved with the scene."""
 
-    cohortPath: pathlib.Path
-    outputPath: pathlib.Path
+    # ctkPathLineEdits bound through RICENet's PathLineEditToStrConnector: "" when unset (pathlib.Path shows ".").
+    cohortPath: str = ""
+    outputPath: str = ""
     usePostop: bool = True
     useEvent: bool = True
     useDose: bool = True
@@ -83,14 +86,9 @@ class RICENetTrainingParameterNode:
     trainingChart: vtkMRMLPlotChartNode
 
 
-def _path(value) -> str:
-    text = str(value) if value else ""
-    return "" if text in ("", ".") else text
-
-
 def settingsFromParameterNode(node: RICENetTrainingParameterNode) -> TrainingSettings:
     return TrainingSettings(
-        cohort=_path(node.cohortPath), output=_path(node.outputPath),
+        cohort=path_text(node.cohortPath), output=path_text(node.outputPath),
         use_postop=node.usePostop, use_event=node.useEvent, use_dose=node.useDose,
         n_folds=node.nFolds, epochs=node.epochs, seed=node.seed, device=node.device, batch_size=node.batchSize,
         learning_rate=node.learningRate, lr_schedule=node.lrSchedule, input_size=node.inputSize, spacing_mm=node.spacingMm, skull_strip=node.skullStrip,
@@ -116,6 +114,9 @@ class RICENetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        # RICENet (this module's dependency) registers the str <-> ctkPathLineEdit connector of the path fields.
+        import RICENet  # noqa: F401
+
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/RICENetTraining.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -133,12 +134,13 @@ class RICENetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resumeButton.connect("clicked(bool)", lambda: self._start(resume=True, ablation=False))
         self.ui.ablationButton.connect("clicked(bool)", lambda: self._start(resume=False, ablation=True))
         self.ui.stopButton.connect("clicked(bool)", self.onStopButton)
+        self.ui.cohortFolderButton.connect("clicked(bool)", self.onCohortFolderButton)
 
         self._setRunning(False)
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        self._stopTask()
+    def cleanup(self) -> None:  # also when Slicer quits
+        self._stopTask(task_stop.QUIT_WAIT_S)
         self.removeObservers()
 
     def enter(self) -> None:
@@ -150,7 +152,7 @@ class RICENetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._stopTask()
+        self._stopTask(task_stop.SCENE_CLOSE_WAIT_S)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -159,6 +161,13 @@ class RICENetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
+
+    def onCohortFolderButton(self) -> None:
+        """The cohort field's own browse button opens a file dialog (it accepts a CSV); this one picks a folder."""
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Cohort folder (one sub-folder per patient)"),
+                                                     self.ui.cohortPathLineEdit.currentPath)
+        if folder:
+            self.ui.cohortPathLineEdit.currentPath = folder
 
     def setParameterNode(self, inputParameterNode: RICENetTrainingParameterNode | None) -> None:
         if self._parameterNode:
@@ -179,8 +188,7 @@ class RICENetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # The RICENet module's helper: torch from the PyTorch extension, the rest with one confirmation.
             from RICENet import ensureDependencies
 
-            needed = list(TRAINING_REQUIREMENTS) + (["deepbet>=1.0"] if settings.skull_strip == "deepbet" else [])
-            if not ensureDependencies(needed, requester="RICE-NET Training"):
+            if not ensureDependencies(required_packages(settings), requester="RICE-NET Training"):
                 return
             start = self.logic.engine.start_ablation if ablation else self.logic.engine.start
             self._task = start(settings, resume=resume)
@@ -203,7 +211,7 @@ class RICENetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = int(round(1000 * status.fraction))
         if status.message:
             self.ui.statusLabel.text = status.message
-        chart = self.logic.engine.update_plot()
+        chart = self.logic.engine.update_plot() if self._parameterNode is not None else None  # none after a scene close
         if chart is not None:
             self._parameterNode.trainingChart = chart
             if not self._chartShown:
@@ -214,26 +222,35 @@ class RICENetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
         self._task = None
         self._setRunning(False)
-        if status.state == "done":
+        state = task_stop.outcome(task, status)
+        if state == "done":
             with slicer.util.tryWithErrorDisplay(_("The training results could not be shown.")):
                 table = self.logic.engine.show_metrics(status.result)
                 self._parameterNode.metricsTable = table
                 self.ui.metricsTableView.setMRMLTableNode(table)
                 self.ui.statusLabel.text = result_message(status.result)
-        elif status.state == "cancelled":
+        elif state == "cancelled":
             self.ui.statusLabel.text = _("Stopped. Resume continues from the last finished epoch.")
         else:
             message = str(status.error) if status.user_error else _("Training failed: {error}").format(error=status.error)
             self.ui.statusLabel.text = message
             slicer.util.errorDisplay(message, detailedText=status.traceback or None)
 
-    def _stopTask(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-        if self._task is not None:
-            self._task.cancel()
+    def _stopTask(self, waitSeconds: float) -> None:
+        """Stop the run; forget it only once its thread has ended (else _poll goes on and Start stays disabled)."""
+        if self._task is None:
+            if self._timer is not None:
+                self._timer.stop()
+            return
+        if task_stop.stop(self._task, waitSeconds):
+            if self._timer is not None:
+                self._timer.stop()
             self._task = None
             self._setRunning(False)
+        else:
+            self.ui.stopButton.enabled = False
+            self.ui.statusLabel.text = _("Stopping at the end of the current step…")
+            logging.warning("RICE-NET Training: the worker thread is still finishing its current step.")
 
     def _setRunning(self, running: bool) -> None:
         for button in (self.ui.startButton, self.ui.resumeButton, self.ui.ablationButton):
@@ -261,27 +278,54 @@ class RICENetTrainingLogic(ScriptedLoadableModuleLogic):
 
 
 class RICENetTrainingTest(ScriptedLoadableModuleTest):
-    """Slicer self-test: a two-fold, one-epoch run on a small synthetic cohort, then its bundle classifies a case.
+    """Slicer self-test: module and widget set-up and the parameter node, then (when the engine's packages are
+    installed) a two-fold, one-epoch run on a small synthetic cohort.
 
     Runs inside the Slicer application only (ctest via ``slicer_add_python_unittest``
     in the extension build, or *Reload and Test*). It cannot run on the
     development machines, which have no Slicer GUI; there
-    ``Testing/test_training_logic.py`` tests the same logic on slicer-core. Needs
-    the PyTorch extension, MONAI and nilearn installed beforehand.
+    ``Testing/test_training_logic.py`` tests the same logic on slicer-core. On a
+    fresh install (and in the extension factory) torch, MONAI and nilearn are
+    absent: the training part is then skipped, and says so with ``delayDisplay``
+    and a log warning.
     """
+
+    ENGINE_MODULES = ("torch", "monai", "safetensors", "nilearn")
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
+        self.test_RICENetTraining_widget()
+        self.setUp()
         self.test_RICENetTraining_small_run()
+
+    def test_RICENetTraining_widget(self):
+        self.delayDisplay("Setting up the module widget")
+        widget = slicer.modules.ricenettraining.widgetRepresentation().self()
+        widget.enter()
+        node = widget._parameterNode
+        self.assertIsNotNone(node)
+        node.cohortPath = ""
+        self.assertEqual(widget.ui.cohortPathLineEdit.currentPath, "")  # not "."
+        widget.ui.outputPathLineEdit.currentPath = "/tmp/ricenet-bundle"
+        self.assertEqual(settingsFromParameterNode(node).output, "/tmp/ricenet-bundle")
+        self.assertTrue(widget.ui.startButton.enabled)
+        self.assertFalse(widget.ui.stopButton.enabled)
 
     def test_RICENetTraining_small_run(self):
         import tempfile
 
+        missing = dependencies.unavailable_modules(self.ENGINE_MODULES)
+        if missing:
+            message = (f"RICE-NET Training engine test skipped: {', '.join(missing)} not installed "
+                       "(install the PyTorch extension and run the module once).")
+            logging.warning(message)
+            self.delayDisplay(message)
+            return
+
         from RICENetLib.synthetic import write_cohort
-        from RICENetTrainingLib.slicer_logic import TrainingLogic
 
         with tempfile.TemporaryDirectory() as folder:
             self.delayDisplay("Synthesising a small cohort")

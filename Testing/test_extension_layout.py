@@ -58,12 +58,46 @@ def test_top_level_cmake_has_extension_metadata():
     assert (REPO / icon).is_file() and (REPO / screenshot).is_file()
 
 
-def test_catalog_entry():
-    entry = json.loads((REPO / "RICENet.json").read_text(encoding="utf-8"))
-    assert entry["build_dependencies"] == ["PyTorch"]
-    assert entry["scmurl"].endswith(".git") and entry["category"]
+#: Slicer/Slicer Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json (branches 5.12 and main), summarised:
+#: its "required" list, and each of its "properties" with its JSON type; "additionalProperties": false.
+CATALOG_SCHEMA_URL = ("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
+                      "slicer-extension-catalog-entry-schema-v1.0.2.json#")
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_PROPERTIES = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+                      "build_dependencies": list, "dicom_support_rule": str, "build_subdirectory": str,
+                      "enabled": bool, "tier": int}
+
+
+def catalog_entry_errors(entry: dict) -> list[str]:
+    """What the Extensions Index's schema check (scripts/check_description_files.py there) would reject."""
+    errors = [f"missing required key '{key}'" for key in sorted(CATALOG_REQUIRED - set(entry))]
+    errors += [f"key '{key}' is not allowed" for key in sorted(set(entry) - set(CATALOG_PROPERTIES))]
+    for key, value in entry.items():
+        expected = CATALOG_PROPERTIES.get(key)
+        if expected is not None and (type(value) is not expected):
+            errors.append(f"'{key}' must be a {expected.__name__}")
+    if not all(isinstance(item, str) for item in entry.get("build_dependencies", [])):
+        errors.append("'build_dependencies' must list strings")
+    if entry.get("scm_type", "git") not in ("git", "local"):
+        errors.append("'scm_type' must be git or local")
+    if type(entry.get("tier", 1)) is int and not 1 <= entry.get("tier", 1) <= 5:
+        errors.append("'tier' must be 1 to 5")
+    return errors
+
+
+def test_catalog_entry_follows_the_extensions_index_schema():
+    text = (REPO / "RICENet.json").read_text(encoding="utf-8")
+    entry = json.loads(text)
+    assert catalog_entry_errors(entry) == []
+    assert entry["$schema"] == CATALOG_SCHEMA_URL
+    assert entry["build_dependencies"] == ["PyTorch"] and entry["category"] == "Radiotherapy"
     homepage = re.search(r'EXTENSION_HOMEPAGE "(.*?)"', (REPO / "CMakeLists.txt").read_text(encoding="utf-8")).group(1)
-    assert entry["scmurl"] == homepage + ".git"
+    assert entry["scm_url"] == homepage + ".git"
+    assert "\r" not in text  # the Index's check_json_file_format wants LF line endings
+    # The summary rejects what the old entry had: an unlisted key and a missing required one.
+    assert catalog_entry_errors({"$schema": CATALOG_SCHEMA_URL, "category": "Radiotherapy", "scmurl": "x"}) == [
+        "missing required key 'scm_url'", "key 'scmurl' is not allowed"]
+    assert catalog_entry_errors({**entry, "tier": "1"}) == ["'tier' must be a int"]
 
 
 def test_engine_never_imports_qt_and_only_the_bridge_imports_mrml():

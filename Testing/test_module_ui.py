@@ -6,7 +6,9 @@
   that Slicer's GUI connectors can bind to that parameter's type;
 * every MRML widget gets the scene (``mrmlSceneChanged`` → ``setMRMLScene``);
 * every non-Qt widget class is declared as a custom widget;
-* the names the module imports from the engine exist there.
+* the names the module imports from the engine exist there;
+* defects a Slicer user met, held off by reading the code as Python's compiler
+  and Qt's signal order see it (each test says which).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import symtable
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -27,7 +30,8 @@ BINDABLE = {
     "bool": {"QCheckBox", "QPushButton", "ctkCheckablePushButton"},
     "int": {"QSpinBox", "QSlider", "QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSpinBox"},
     "float": {"QDoubleSpinBox", "ctkSliderWidget", "qMRMLSliderWidget", "ctkDoubleSlider", "ctkDoubleSpinBox", "qMRMLSpinBox"},
-    "str": {"QLineEdit", "QLabel", "QTextEdit"},
+    # ctkPathLineEdit ↔ str: RICENet.PathLineEditToStrConnector (Slicer's own binds it to pathlib.Path, which shows ".").
+    "str": {"QLineEdit", "QLabel", "QTextEdit", "ctkPathLineEdit"},
     "choice": {"QComboBox", "ctkComboBox"},
     "path": {"ctkPathLineEdit", "ctkDirectoryButton"},
     "node": {"qMRMLNodeComboBox"},
@@ -124,6 +128,8 @@ def test_engine_names_imported_by_the_module_exist(module):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("RICENetLib", "RICENetTrainingLib"):
             imported = importlib.import_module(node.module)
             for alias in node.names:
+                if not hasattr(imported, alias.name):  # a submodule: "from RICENetLib import dependencies"
+                    importlib.import_module(f"{node.module}.{alias.name}")
                 assert hasattr(imported, alias.name), f"{module}.py imports {alias.name} from {node.module}, which lacks it"
 
 
@@ -139,3 +145,97 @@ def test_module_files_parse_and_mark_what_needs_slicer(module):
     top_level = [n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))]
     calls = {ast.unparse(c.func) for n in top_level for c in ast.walk(n) if isinstance(c, ast.Call)}
     assert not {c for c in calls if "pip" in c}
+
+
+def _functions(table: symtable.SymbolTable):
+    for child in table.get_children():
+        if child.get_type() == "function":
+            yield child
+        yield from _functions(child)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_no_function_makes_a_module_name_local(module):
+    """``import slicer.packaging`` inside ensureDependencies made ``slicer`` local to the whole function, so
+    ``slicer.util.errorDisplay`` before it raised UnboundLocalError (torch missing, no PyTorch extension).
+    Python's own symbol table says which names a function binds."""
+    source = module_source(module)
+    top = symtable.symtable(source, f"{module}.py", "exec")
+    imported = {s.get_name() for s in top.get_symbols() if s.is_imported()}
+    assert "slicer" in imported
+    for function in _functions(top):
+        local = {s.get_name() for s in function.get_symbols() if s.is_local() or s.is_imported()}
+        assert not local & imported, f"{module}.py: {function.get_name()} binds {local & imported} locally"
+
+
+def test_the_symbol_table_check_catches_the_reported_bug():
+    """The old ensureDependencies in miniature, run in plain Python: the global ``slicer`` exists, yet the
+    function fails before it reaches its import."""
+    buggy = ("import types\nslicer = types.SimpleNamespace(util=None)\n"
+             "def f():\n    slicer.util\n    import slicer.packaging\n")
+    (function,) = _functions(symtable.symtable(buggy, "buggy.py", "exec"))
+    assert function.lookup("slicer").is_imported()  # what the test above looks for
+    scope: dict = {}
+    exec(compile(buggy, "buggy.py", "exec"), scope)
+    with pytest.raises(UnboundLocalError):
+        scope["f"]()
+
+
+def test_heatmap_sliders_restyle_from_the_parameter_node_observer():
+    """A slot on a slider's valueChanged runs before the parameter node's connector (connected later, by
+    connectGui) and read the previous value; the restyle now runs in the parameter node's Modified observer."""
+    source = module_source("RICENet")
+    assert not re.search(r"heatmap\w*SliderWidget\.connect\(", source)
+    observer = re.search(r"def _onParameterNodeModified\(.*?\n(?=    def )", source, re.S).group(0)
+    assert "self._restyleHeatmap()" in observer
+    assert re.search(r"addObserver\(self\._parameterNode, vtk\.vtkCommand\.ModifiedEvent, self\._onParameterNodeModified\)",
+                     source)
+
+
+def test_path_fields_bind_as_text_through_the_registered_connector():
+    """Unset pathlib.Path parameters show "." in the field; the path parameters are str, bound by a connector
+    that RICENet.py registers and RICENetTraining imports before binding its .ui."""
+    tree = ast.parse(module_source("RICENet"))
+    connectors = [n for n in tree.body if isinstance(n, ast.ClassDef)
+                  and any(ast.unparse(d) == "parameterNodeGuiConnector" for d in n.decorator_list)]
+    assert connectors and "ctkPathLineEdit" in ast.unparse(connectors[0]) and "== str" in ast.unparse(connectors[0])
+    for module in MODULES:
+        root = ui_tree(module)
+        fields = parameter_fields(module_source(module))
+        paths = {ui_bindings(root)[w] for w, cls in ui_widgets(root).items() if cls == "ctkPathLineEdit"}
+        assert paths and all(fields[p] == "str" for p in paths), f"{module}: path parameters must be str"
+    training = module_source("RICENetTraining")
+    setup = re.search(r"    def setup\(self\).*?\n(?=    def )", training, re.S).group(0)
+    assert setup.index("import RICENet") < setup.index("loadUI")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_a_field_for_a_file_or_a_folder_has_a_folder_button(module):
+    """ctkPathLineEdit's browse button opens a file dialog whenever its filters include Files (CTK's
+    ctkPathLineEdit::browse), so a field that also accepts a folder needs a button that picks one."""
+    root = ui_tree(module)
+    source = module_source(module)
+    for widget in root.iter("widget"):
+        if widget.get("class") != "ctkPathLineEdit":
+            continue
+        filters = next((p.findtext("set") for p in widget.findall("property") if p.get("name") == "filters"), "")
+        if "Files" in filters and "Dirs" in filters:
+            name = widget.get("name")
+            assert "getExistingDirectory" in source and f"self.ui.{name}.currentPath = folder" in source, name
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_self_tests_skip_the_engine_part_when_its_packages_are_missing(module):
+    """In the extension factory and on a fresh install torch, MONAI and nilearn are absent."""
+    tree = ast.parse(module_source(module))
+    test_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}Test")
+    text = ast.unparse(test_class)
+    assert {"torch", "monai", "nilearn"} <= set(ast.literal_eval(re.search(r"ENGINE_MODULES = (\(.*?\))", text).group(1)))
+    methods = [n for n in test_class.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+    assert len(methods) >= 2, "a test that needs no engine, and one that does"
+    for method in methods:
+        body = ast.unparse(method)
+        heavy = re.search(r"untrained_bundle|write_cohort|load_synthetic_case\(|\.process\(|\.start\(", body)
+        if heavy:
+            assert body.index("unavailable_modules(self.ENGINE_MODULES)") < heavy.start(), method.name
+            assert "delayDisplay(message)" in body and "logging.warning(message)" in body

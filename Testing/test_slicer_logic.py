@@ -243,3 +243,46 @@ def test_sample_data_case_loads_with_dose_mark():
     assert mrml.find_dose_volume(scene) is nodes["dose"]
     assert mrml.guess_input_volumes(scene) == nodes
     assert sitk.GetArrayViewFromImage(mrml.volume_to_image(nodes["dose"])).max() > 30
+
+
+def test_heatmap_sliders_restyle_with_their_new_value():
+    """The widget restyles from its parameter node's Modified observer, which runs once the node holds the
+    slider's new value (a slot on the slider itself ran before the parameter node's own connection and read the
+    previous one). Here a real parameter node (vtkMRMLScriptedModuleNode) with the same observer."""
+    import vtk
+
+    scene = slicer.vtkMRMLScene()
+    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    image = sitk.Image(16, 16, 16, sitk.sitkFloat32)
+    image[8, 8, 8] = 2.0
+    heatmap = mrml.update_heatmap(scene, image)
+    logic = ClassificationLogic(scene)
+    parameters = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+    parameters.SetParameter("heatmapThreshold", "0.2")
+    parameters.SetParameter("heatmapOpacity", "0.6")
+    restyled = []
+
+    def on_modified(caller, event):
+        values = ClassificationSettings(heatmap_threshold=float(caller.GetParameter("heatmapThreshold")),
+                                        heatmap_opacity=float(caller.GetParameter("heatmapOpacity")))
+        restyled.append(logic.restyle_heatmap(heatmap.GetID(), values))
+
+    parameters.AddObserver(vtk.vtkCommand.ModifiedEvent, on_modified)
+    parameters.SetParameter("heatmapThreshold", "0.5")
+    assert restyled == [True]
+    assert heatmap.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.5 * 2.0)
+    parameters.SetParameter("heatmapOpacity", "0.3")
+    assert restyled == [True, True] and composite.GetForegroundOpacity() == pytest.approx(0.3)
+    # Other changes of the parameter node leave the heatmap (and a slice-view opacity the user set) alone.
+    composite.SetForegroundOpacity(0.9)
+    parameters.SetName("renamed")
+    assert restyled == [True, True, False] and composite.GetForegroundOpacity() == pytest.approx(0.9)
+    assert logic.restyle_heatmap(None, ClassificationSettings()) is False
+
+
+def test_unset_paths_read_as_empty():
+    from pathlib import Path
+
+    from RICENetLib.slicer_logic import path_text
+
+    assert [path_text(v) for v in (Path(), "", None, ".", "/models/b")] == ["", "", "", "", "/models/b"]

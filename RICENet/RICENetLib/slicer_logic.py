@@ -44,6 +44,16 @@ SKULL_STRIP_REQUIREMENTS = {"deepbet": ("deepbet>=1.0",), "hd-bet": ("hd-bet>=2.
 SAMPLE_DATA_REQUIREMENTS = ("nilearn>=0.10",)
 
 
+def path_text(value: Any) -> str:
+    """A path parameter as text, "" when unset (``pathlib.Path()`` and scenes saved with it hold ".").
+
+    >>> path_text(Path()), path_text(""), path_text(None), path_text("/models/ricenet")
+    ('', '', '', '/models/ricenet')
+    """
+    text = str(value) if value else ""
+    return "" if text == "." else text
+
+
 def bundle_skull_strip(bundle: str | os.PathLike) -> str:
     """The skull-stripping backend a bundle was trained with (``deepbet`` when it does not say)."""
     import json
@@ -183,6 +193,7 @@ class ClassificationLogic:
     def __init__(self, scene: Any, predict: Callable[..., Any] | None = None) -> None:
         self.scene = scene
         self.predict = predict or _default_predict
+        self._shown_style: mrml.HeatmapStyle | None = None  # what the heatmap and the slice views show now
 
     # -- choosing inputs ---------------------------------------------------
     def guess_inputs(self) -> dict[str, Any]:
@@ -232,6 +243,7 @@ class ClassificationLogic:
             node = mrml.update_heatmap(scene, occlusion, background=event_node, key=key, style=job.settings.heatmap_style(),
                                        name=f"{name} RICE-NET heatmap")
             ids["heatmap"] = node.GetID()
+            self._shown_style = job.settings.heatmap_style()
             mrml.jump_slice_views(scene, mrml.peak_ras(occlusion))
         else:
             stale = mrml.find_role_node(scene, "vtkMRMLScalarVolumeNode", mrml.ROLE_HEATMAP, key)
@@ -262,12 +274,22 @@ class ClassificationLogic:
 
         return write_prediction(prediction, folder, job.postop, job.event, job.dose, overwrite=overwrite)
 
-    def restyle_heatmap(self, heatmap_id: str | None, settings: ClassificationSettings) -> None:
-        """Apply changed threshold/opacity to the shown heatmap without recomputing it."""
+    def restyle_heatmap(self, heatmap_id: str | None, settings: ClassificationSettings, *, force: bool = False) -> bool:
+        """Apply changed threshold/opacity to the shown heatmap without recomputing it; True when restyled.
+
+        The widget calls this whenever its parameter node changes (so it reads
+        the slider's new value, never the previous one); nothing happens
+        unless the threshold or the opacity differ from what is shown, so a
+        foreground opacity the user set in a slice view stays as it is.
+        """
         node = self.scene.GetNodeByID(heatmap_id) if heatmap_id else None
-        if node is not None:
-            mrml.set_heatmap_style(node, settings.heatmap_style())
+        style = settings.heatmap_style()
+        if node is None or (style == self._shown_style and not force):
+            return False
+        mrml.set_heatmap_style(node, style)
         mrml.set_foreground_opacity(self.scene, float(settings.heatmap_opacity))
+        self._shown_style = style
+        return True
 
 
 # --------------------------------------------------------------------------- sample data and self-test

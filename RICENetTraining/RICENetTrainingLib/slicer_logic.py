@@ -27,6 +27,8 @@ from . import check_flip_probability, check_lr_schedule
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SKULL_STRIP_CHOICES = ("deepbet", "hd-bet", "none")
+#: What training needs beyond Slicer and the PyTorch extension (installed on first use, never at import time).
+TRAINING_REQUIREMENTS = ("monai>=1.4", "safetensors>=0.4", "nibabel>=5", "matplotlib>=3.7")
 CROP_CENTRES = ("brain", "dose")  # RICENetLib.preprocessing.CROP_CENTRES (checked by a test), without importing SimpleITK
 
 
@@ -102,6 +104,13 @@ class TrainingSettings:
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainingSettings":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def required_packages(settings: TrainingSettings) -> list[str]:
+    """The pip requirements a training run with ``settings`` needs (torch excluded: the PyTorch extension's)."""
+    from RICENetLib.slicer_logic import SKULL_STRIP_REQUIREMENTS
+
+    return list(TRAINING_REQUIREMENTS) + list(SKULL_STRIP_REQUIREMENTS.get(settings.skull_strip, ()))
 
 
 class TrainingLogic:
