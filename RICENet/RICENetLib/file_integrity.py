@@ -66,13 +66,9 @@ def _inflated_length(handle: BinaryIO, path: Path, wbits: int, expected: int) ->
 
 
 def _check_nifti(path: Path) -> None:
-    import nibabel as nib
+    from .nifti import read_header
 
-    try:
-        image = nib.load(str(path))
-    except Exception as error:  # nibabel raises several types for a broken header
-        raise InputError(f"Image {path} could not be read as NIfTI: {error}") from None
-    header = image.header
+    header = read_header(path)
     shape = [int(n) for n in header.get_data_shape()]
     voxels = 1
     for n in shape:

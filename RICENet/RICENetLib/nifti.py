@@ -32,6 +32,19 @@ def is_nifti2(path: Path) -> bool:
     return len(first) == 4 and 540 in (struct.unpack("<i", first)[0], struct.unpack(">i", first)[0])
 
 
+def read_header(path: Path):
+    """The NIfTI-1 or NIfTI-2 header alone (nibabel's ``load`` would already refuse a short file, less clearly)."""
+    import nibabel as nib
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            kind = nib.Nifti2Header if is_nifti2(path) else nib.Nifti1Header
+            return kind.from_fileobj(handle, check=False)  # only shape, type and offset are needed
+    except Exception as error:  # nibabel, gzip and struct raise several types for a broken header
+        raise InputError(f"Image {path} could not be read as NIfTI: {error}") from None
+
+
 def count_non_finite(path: Path) -> int:
     """How many voxels are NaN or ±inf after the file's scaling (0 for integer data without scaling)."""
     import nibabel as nib

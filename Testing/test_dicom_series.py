@@ -1,0 +1,144 @@
+"""DICOM MR series written with pydicom: regular ones read exactly, irregular ones refused by name."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from dicom_data import FRAME_UID, PATIENT, mr_template, write_mr_series
+from pydicom.uid import generate_uid
+
+from RICENetLib.cli import main
+from RICENetLib.errors import InputError
+from RICENetLib.image_io import FRAME_OF_REFERENCE_KEY, PATIENT_ID_KEY, read_image
+
+EVEN = [2.5 * k for k in range(8)]
+
+
+def test_regular_series_reads_with_its_spacing_and_identity(tmp_path):
+    write_mr_series(tmp_path / "mr", EVEN, spacing=0.8)
+    image = read_image(tmp_path / "mr")
+    assert image.GetSize() == (64, 64, 8)
+    assert np.allclose(image.GetSpacing(), (0.8, 0.8, 2.5))
+    assert np.allclose(image.GetOrigin(), (-32.0, -32.0, 0.0))
+    assert image.GetMetaData(PATIENT_ID_KEY) == PATIENT
+    assert image.GetMetaData(FRAME_OF_REFERENCE_KEY) == FRAME_UID
+    assert sitk.GetArrayViewFromImage(image)[5, 0, 0] == 500  # slice order follows the positions
+
+
+def test_missing_slice_is_refused_with_the_gap(tmp_path):
+    positions = EVEN[:4] + EVEN[5:]  # slice at 10 mm missing
+    write_mr_series(tmp_path / "mr", positions, description="AX T1 POST")
+    with pytest.raises(InputError) as error:
+        read_image(tmp_path / "mr")
+    message = str(error.value)
+    assert "'AX T1 POST'" in message and str(tmp_path / "mr") in message
+    assert "1 missing slice(s)" in message and "7.50 and 12.50 mm" in message and "5.00 mm apart" in message
+
+
+def test_uneven_spacing_is_refused(tmp_path):
+    positions = [0.0, 2.5, 5.0, 7.5, 11.0, 13.5, 16.0]
+    write_mr_series(tmp_path / "mr", positions)
+    with pytest.raises(InputError, match=r"not evenly spaced \(uneven slice spacing\).*7.50 and 11.00 mm.*up to \d"):
+        read_image(tmp_path / "mr" / "slice002.dcm")  # a file of the series: the same check
+
+
+def test_two_slices_at_one_position_are_refused(tmp_path):
+    write_mr_series(tmp_path / "mr", EVEN[:5] + [EVEN[4]] + EVEN[5:])
+    with pytest.raises(InputError, match=r"two slices at one position \(10.00 mm along the slice normal\)"):
+        read_image(tmp_path / "mr")
+
+
+def test_positions_are_taken_along_the_slice_normal_for_oblique_series(tmp_path):
+    angle = np.deg2rad(20)
+    row, column = np.array([1.0, 0, 0]), np.array([0, np.cos(angle), np.sin(angle)])
+    normal = np.cross(row, column)
+
+    def oblique(k, ds):
+        ds.ImageOrientationPatient = [*row, *column]
+        ds.ImagePositionPatient = [float(v) for v in 3.0 * k * normal]
+
+    write_mr_series(tmp_path / "mr", range(6), tweak=oblique)
+    assert np.isclose(read_image(tmp_path / "mr").GetSpacing()[2], 3.0)
+
+    def gap(k, ds):
+        oblique(k if k < 3 else k + 1, ds)
+
+    write_mr_series(tmp_path / "gap", range(6), tweak=gap)
+    with pytest.raises(InputError, match="1 missing slice"):
+        read_image(tmp_path / "gap")
+
+
+def test_mixed_orientations_and_sizes_are_refused(tmp_path):
+    def tilted(k, ds):
+        if k == 3:
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 0.996195, 0.0871557]
+
+    write_mr_series(tmp_path / "tilt", EVEN, tweak=tilted)
+    with pytest.raises(InputError, match="mixes slice orientations"):
+        read_image(tmp_path / "tilt")
+
+    def smaller(k, ds):
+        if k == 2:
+            ds.Rows, ds.Columns = 32, 32
+            ds.PixelData = np.zeros((32, 32), np.int16).tobytes()
+
+    write_mr_series(tmp_path / "size", EVEN, tweak=smaller)
+    with pytest.raises(InputError, match="mixes slice sizes"):
+        read_image(tmp_path / "size")
+
+
+def test_slice_without_position_is_refused_by_file(tmp_path):
+    def no_position(k, ds):
+        if k == 1:
+            del ds.ImagePositionPatient
+
+    paths = write_mr_series(tmp_path / "mr", EVEN, tweak=no_position)
+    with pytest.raises(InputError, match=f"file {paths[1]} lacks a valid ImagePositionPatient"):
+        read_image(tmp_path / "mr")
+
+
+def _enhanced_mr(path, frames: int = 4):
+    ds = mr_template()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.NumberOfFrames = frames
+    ds.PixelData = np.zeros((frames, int(ds.Rows), int(ds.Columns)), np.int16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_enhanced_multiframe_mr_gets_a_clear_message(tmp_path, capsys):
+    path = _enhanced_mr(tmp_path / "enh" / "enhanced.dcm")
+    for source in (path, path.parent):
+        with pytest.raises(InputError, match="Enhanced MR image \\(4 frames in one file\\).*not supported yet.*single-frame"):
+            read_image(source)
+    assert main(["info", str(path)]) == 2
+    assert "not supported yet" in capsys.readouterr().err
+
+
+def test_info_on_a_series_beside_a_truncated_dicom_file(tmp_path, capsys):
+    paths = write_mr_series(tmp_path / "mr", EVEN)
+    data = paths[3].read_bytes()
+    (tmp_path / "mr" / "zz_broken.dcm").write_bytes(data[: len(data) // 2])  # GDCM cannot parse it: left out
+    assert main(["info", str(paths[0])]) == 0
+    assert json.loads(capsys.readouterr().out)["size"] == [64, 64, 8]
+
+
+def test_info_on_a_series_with_a_foreign_slice_names_the_series(tmp_path, capsys):
+    def foreign(k, ds):
+        if k == 7:  # a slice of another size that shares the series UID
+            ds.Rows, ds.Columns = 32, 32
+            ds.PixelData = np.zeros((32, 32), np.int16).tobytes()
+            ds.ImagePositionPatient = [-32.0, -32.0, 100.0]
+
+    write_mr_series(tmp_path / "mr", EVEN, description="AX T1", tweak=foreign)
+    assert main(["info", str(tmp_path / "mr" / "slice000.dcm")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "DICOM series 'AX T1'" in err and "mixes slice sizes (64×64" in err
