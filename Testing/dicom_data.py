@@ -71,3 +71,50 @@ def write_rtdose(path: Path, *, peak: float = 60.0, units: str = "GY", summation
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path)
     return path
+
+
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+
+
+def write_enhanced_mr(path: Path, positions_mm: Sequence[float], *, spacing: float = 1.0, slope: float = 1.0,
+                      intercept: float = 0.0, per_frame_geometry: bool = True) -> Path:
+    """An Enhanced MR file whose frame ``k`` holds what :func:`write_mr_series` puts in slice ``k``."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    ds = mr_template()
+    ds.SOPClassUID = ENHANCED_MR
+    ds.file_meta.MediaStorageSOPClassUID = ENHANCED_MR
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesDescription = "3D T1c enhanced"
+    ds.PatientID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = PATIENT, STUDY_UID, FRAME_UID
+    classic = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SliceLocation")
+    for keyword in classic:
+        if keyword in ds:
+            delattr(ds, keyword)
+    orientation, measures, transform, shared = Dataset(), Dataset(), Dataset(), Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    measures.PixelSpacing = [spacing, spacing]
+    measures.SliceThickness = 1.0
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = slope, intercept, "US"
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PixelValueTransformationSequence = DicomSequence([transform])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    frames = []
+    for z in positions_mm:
+        position, frame = Dataset(), Dataset()
+        position.ImagePositionPatient = [-32.0, -32.0, float(z)]
+        frame.PlanePositionSequence = DicomSequence([position])
+        frames.append(frame)
+    if per_frame_geometry:
+        ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
+    ds.NumberOfFrames = len(positions_mm)
+    ds.Rows, ds.Columns = 64, 64
+    pixels = np.stack([np.arange(64 * 64, dtype=np.int16).reshape(64, 64) + 100 * k for k in range(len(positions_mm))])
+    ds.PixelData = pixels.astype(np.int16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

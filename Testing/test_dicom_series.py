@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
-import pydicom
 import pytest
 import SimpleITK as sitk
-from dicom_data import FRAME_UID, PATIENT, mr_template, write_mr_series
-from pydicom.uid import generate_uid
+from dicom_data import FRAME_UID, PATIENT, write_enhanced_mr, write_mr_series
 
 from RICENetLib.cli import main
 from RICENetLib.errors import InputError
@@ -102,25 +99,41 @@ def test_slice_without_position_is_refused_by_file(tmp_path):
         read_image(tmp_path / "mr")
 
 
-def _enhanced_mr(path, frames: int = 4):
-    ds = mr_template()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.SeriesInstanceUID = generate_uid()
-    ds.NumberOfFrames = frames
-    ds.PixelData = np.zeros((frames, int(ds.Rows), int(ds.Columns)), np.int16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def test_enhanced_multiframe_mr_gets_a_clear_message(tmp_path, capsys):
-    path = _enhanced_mr(tmp_path / "enh" / "enhanced.dcm")
+def test_enhanced_mr_reads_like_the_same_classic_series(tmp_path, capsys):
+    positions = [5.0, 0.0, 2.5, 7.5, 10.0]  # frames out of order: sorted along the normal
+    classic = read_image(write_mr_series(tmp_path / "classic", positions, spacing=0.8)[0].parent)
+    path = write_enhanced_mr(tmp_path / "enh" / "enhanced.dcm", positions, spacing=0.8)
     for source in (path, path.parent):
-        with pytest.raises(InputError, match="Enhanced MR image \\(4 frames in one file\\).*not supported yet.*single-frame"):
+        image = read_image(source)
+        assert image.GetSize() == classic.GetSize() == (64, 64, 5)
+        assert np.allclose(image.GetSpacing(), classic.GetSpacing())
+        assert np.allclose(image.GetOrigin(), classic.GetOrigin())
+        assert np.allclose(image.GetDirection(), classic.GetDirection())
+        assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(classic))
+        assert image.GetMetaData(FRAME_OF_REFERENCE_KEY) == FRAME_UID
+    assert main(["info", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["size"] == [64, 64, 5]  # was "only 1 slice"
+
+
+def test_enhanced_mr_rescale_and_irregular_frames(tmp_path):
+    scaled = read_image(write_enhanced_mr(tmp_path / "s.dcm", EVEN[:4], slope=2.0, intercept=-100.0))
+    assert sitk.GetArrayViewFromImage(scaled)[1, 0, 1] == pytest.approx(2.0 * (100 + 1) - 100.0)
+    with pytest.raises(InputError, match=r"Enhanced MR file .*gap.dcm .*not evenly spaced \(1 missing slice\(s\)\): "
+                                         r".*frame 3 and frame 4 at 5.00 and 10.00 mm"):
+        read_image(write_enhanced_mr(tmp_path / "gap.dcm", [0.0, 2.5, 5.0, 10.0, 12.5]))
+    with pytest.raises(InputError, match="two slices at one position.*echoes, phases, time points"):
+        read_image(write_enhanced_mr(tmp_path / "echoes.dcm", [0.0, 2.5, 0.0, 2.5]))
+
+
+def test_multiframe_without_per_frame_geometry_gets_a_clear_message(tmp_path, capsys):
+    path = write_enhanced_mr(tmp_path / "enh" / "flat.dcm", EVEN[:4], per_frame_geometry=False)
+    for source in (path, path.parent):
+        with pytest.raises(InputError, match="4 frames but no per-frame geometry .*Export the series as classic "
+                                             "single-frame images"):
             read_image(source)
     assert main(["info", str(path)]) == 2
-    assert "not supported yet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no per-frame geometry" in err and "Traceback" not in err
 
 
 def test_info_on_a_series_beside_a_truncated_dicom_file(tmp_path, capsys):

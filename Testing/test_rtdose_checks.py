@@ -9,7 +9,7 @@ import numpy as np
 import pydicom.data
 import pytest
 import SimpleITK as sitk
-from dicom_data import write_mr_series, write_rtdose
+from dicom_data import write_rtdose
 
 from RICENetLib.cli import main
 from RICENetLib.errors import InputError

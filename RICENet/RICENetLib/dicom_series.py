@@ -7,8 +7,8 @@ place). Here every slice's ImagePositionPatient is projected on the slice
 normal (the cross product of ImageOrientationPatient's row and column), and
 the series is refused unless the slices share one orientation, one size and
 one pixel spacing and sit at evenly spaced, distinct positions along that
-normal, stacked straight (no shear). Enhanced (multi-frame) MR is refused
-with what to do instead.
+normal, stacked straight (no shear). The frames of an Enhanced (multi-frame)
+file pass the same checks (:mod:`RICENetLib.dicom_enhanced`).
 
 >>> facts = check_series(files, Path("case/postop"), "1.2.3")   # doctest: +SKIP
 """
@@ -65,15 +65,15 @@ def enhanced_kind(header: Any) -> str | None:
     return kind
 
 
-def refuse_enhanced(path: Path, header: Any) -> None:
-    """Raise the message for an Enhanced (multi-frame) image, which this reader does not stack yet."""
+def refuse_multiframe_in_series(path: Path, header: Any, count: int) -> None:
+    """A multi-frame file among several of one series: which frames belong where is not defined."""
     kind = enhanced_kind(header)
     if kind is not None:
         frames = int(getattr(header, "NumberOfFrames", 1) or 1)
         raise InputError(
-            f"DICOM file {path} is an {kind} image ({frames} frames in one file); Enhanced (multi-frame) images "
-            "are not supported yet. Export the series as classic single-frame images (one file per slice), "
-            "or convert it to NIfTI/NRRD (e.g. with dcm2niix or 3D Slicer)."
+            f"DICOM file {path} is an {kind} image ({frames} frames in one file) in a series of {count} files; "
+            "give that file alone (an Enhanced image holds the whole volume), or export the series as classic "
+            "single-frame images (one file per slice)."
         )
 
 
@@ -106,60 +106,16 @@ def check_series(files: Sequence[str], directory: Path, series_uid: str) -> Seri
     headers = read_headers(files, f"DICOM series {series_uid} in {directory}")
     name = describe_series(directory, headers[0], series_uid)
     for file, header in zip(files, headers):
-        refuse_enhanced(Path(file), header)
+        refuse_multiframe_in_series(Path(file), header, len(files))
+    slices = [
+        Slice(str(file), _floats(h, "ImageOrientationPatient", 6, file, name),
+              _floats(h, "PixelSpacing", 2, file, name),
+              (int(getattr(h, "Rows", 0) or 0), int(getattr(h, "Columns", 0) or 0)),
+              _floats(h, "ImagePositionPatient", 3, file, name))
+        for file, h in zip(files, headers)
+    ]
     first = headers[0]
-    orientation = _floats(first, "ImageOrientationPatient", 6, files[0], name)
-    spacing = _floats(first, "PixelSpacing", 2, files[0], name)
-    shape = (int(getattr(first, "Rows", 0) or 0), int(getattr(first, "Columns", 0) or 0))
-    for file, header in zip(files[1:], headers[1:]):
-        other = _floats(header, "ImageOrientationPatient", 6, file, name)
-        if np.max(np.abs(other - orientation)) > COSINE_TOLERANCE:
-            raise InputError(f"{name} mixes slice orientations ({np.round(orientation, 4).tolist()} in {files[0]}, "
-                             f"{np.round(other, 4).tolist()} in {file}); it is not one volume. Separate the series.")
-        other_shape = (int(getattr(header, "Rows", 0) or 0), int(getattr(header, "Columns", 0) or 0))
-        if other_shape != shape:
-            raise InputError(f"{name} mixes slice sizes ({shape[0]}×{shape[1]} in {files[0]}, "
-                             f"{other_shape[0]}×{other_shape[1]} in {file}); it is not one volume.")
-        other_spacing = _floats(header, "PixelSpacing", 2, file, name)
-        if np.max(np.abs(other_spacing - spacing)) > COSINE_TOLERANCE * max(1.0, float(spacing.max())):
-            raise InputError(f"{name} mixes pixel spacings ({spacing.tolist()} mm in {files[0]}, "
-                             f"{other_spacing.tolist()} mm in {file}); it is not one volume.")
-    row, column = orientation[:3], orientation[3:]
-    normal = np.cross(row, column)
-    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
-        raise InputError(f"{name}: ImageOrientationPatient {orientation.tolist()} is not two orthogonal unit vectors.")
-    positions = np.array([_floats(h, "ImagePositionPatient", 3, f, name) for f, h in zip(files, headers)])
-    along = positions @ normal
-    order = np.argsort(along, kind="stable")
-    along, positions = along[order], positions[order]
-    ordered = [files[i] for i in order]
-    steps = np.diff(along)
-    if steps.size:
-        at = int(np.argmin(steps))
-        if steps[at] < 0.01:
-            raise InputError(f"{name} has two slices at one position ({along[at]:.2f} mm along the slice normal): "
-                             f"{ordered[at]} and {ordered[at + 1]}. A series holding repeated or mixed acquisitions "
-                             "is not one volume; keep one slice per position.")
-        step = float(np.median(steps))
-        off = np.abs(steps - step) > STEP_TOLERANCE * step + 0.01
-        if off.any():
-            k = int(np.argmax(np.abs(steps - step)))
-            missing = int(round(steps[k] / step)) - 1 if steps[k] > step else 0
-            what = f"{missing} missing slice(s)" if missing > 0 and np.isclose(steps[k], (missing + 1) * step, rtol=0.05) \
-                else "uneven slice spacing"
-            raise InputError(
-                f"{name} is not evenly spaced ({what}): slices sit {step:.2f} mm apart, but {ordered[k]} and "
-                f"{ordered[k + 1]} at {along[k]:.2f} and {along[k + 1]:.2f} mm along the slice normal are "
-                f"{steps[k]:.2f} mm apart. Reading it as a regular grid would put slices up to "
-                f"{_worst_misplacement(along):.1f} mm out of place; export the complete series."
-            )
-        drift = np.diff(positions, axis=0) - np.outer(steps, normal)
-        in_plane = np.abs(drift @ np.column_stack([row, column]))
-        if np.max(in_plane) > SHEAR_TOLERANCE * float(spacing.min()):
-            raise InputError(f"{name}: consecutive slices are shifted in-plane by up to {np.max(in_plane):.2f} mm "
-                             "(gantry tilt or a sheared stack); resample it to a regular grid first.")
-    else:
-        step = float(getattr(first, "SliceThickness", 0) or 1.0)
+    _, step = check_stack(slices, name, float(getattr(first, "SliceThickness", 0) or 1.0))
     return SeriesFacts(
         patient_id=str(getattr(first, "PatientID", "") or ""),
         frame_of_reference_uid=str(getattr(first, "FrameOfReferenceUID", "") or ""),
@@ -167,6 +123,74 @@ def check_series(files: Sequence[str], directory: Path, series_uid: str) -> Seri
         spacing_mm=step,
         name=name,
     )
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One slice's geometry: ``label`` names it in messages (a file, or a frame of a file)."""
+
+    label: str
+    orientation: np.ndarray  # ImageOrientationPatient: row cosines, then column cosines
+    pixel_spacing: np.ndarray  # PixelSpacing: between rows, between columns (mm)
+    shape: tuple[int, int]  # Rows, Columns
+    position: np.ndarray  # ImagePositionPatient (mm, LPS)
+
+
+def check_stack(slices: Sequence[Slice], name: str, single_thickness: float = 1.0) -> tuple[list[int], float]:
+    """The slices' order along their normal and the spacing between them; refuses anything but one regular grid.
+
+    ``single_thickness`` is the spacing reported for a single slice.
+    """
+    first = slices[0]
+    for other in slices[1:]:
+        if np.max(np.abs(other.orientation - first.orientation)) > COSINE_TOLERANCE:
+            raise InputError(f"{name} mixes slice orientations ({np.round(first.orientation, 4).tolist()} in "
+                             f"{first.label}, {np.round(other.orientation, 4).tolist()} in {other.label}); it is not "
+                             "one volume. Separate the series.")
+        if other.shape != first.shape:
+            raise InputError(f"{name} mixes slice sizes ({first.shape[0]}×{first.shape[1]} in {first.label}, "
+                             f"{other.shape[0]}×{other.shape[1]} in {other.label}); it is not one volume.")
+        spacing_tolerance = COSINE_TOLERANCE * max(1.0, float(first.pixel_spacing.max()))
+        if np.max(np.abs(other.pixel_spacing - first.pixel_spacing)) > spacing_tolerance:
+            raise InputError(f"{name} mixes pixel spacings ({first.pixel_spacing.tolist()} mm in {first.label}, "
+                             f"{other.pixel_spacing.tolist()} mm in {other.label}); it is not one volume.")
+    row, column = first.orientation[:3], first.orientation[3:]
+    normal = np.cross(row, column)
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
+        raise InputError(f"{name}: ImageOrientationPatient {first.orientation.tolist()} is not two orthogonal "
+                         "unit vectors.")
+    positions = np.array([s.position for s in slices])
+    along = positions @ normal
+    order = [int(i) for i in np.argsort(along, kind="stable")]
+    along, positions = along[order], positions[order]
+    ordered = [slices[i].label for i in order]
+    steps = np.diff(along)
+    if not steps.size:
+        return order, single_thickness
+    at = int(np.argmin(steps))
+    if steps[at] < 0.01:
+        raise InputError(f"{name} has two slices at one position ({along[at]:.2f} mm along the slice normal): "
+                         f"{ordered[at]} and {ordered[at + 1]}. A series holding repeated or mixed acquisitions "
+                         "(echoes, phases, time points) is not one volume; keep one slice per position.")
+    step = float(np.median(steps))
+    off = np.abs(steps - step) > STEP_TOLERANCE * step + 0.01
+    if off.any():
+        k = int(np.argmax(np.abs(steps - step)))
+        missing = int(round(steps[k] / step)) - 1 if steps[k] > step else 0
+        what = f"{missing} missing slice(s)" if missing > 0 and np.isclose(steps[k], (missing + 1) * step, rtol=0.05) \
+            else "uneven slice spacing"
+        raise InputError(
+            f"{name} is not evenly spaced ({what}): slices sit {step:.2f} mm apart, but {ordered[k]} and "
+            f"{ordered[k + 1]} at {along[k]:.2f} and {along[k + 1]:.2f} mm along the slice normal are "
+            f"{steps[k]:.2f} mm apart. Reading it as a regular grid would put slices up to "
+            f"{_worst_misplacement(along):.1f} mm out of place; export the complete series."
+        )
+    drift = np.diff(positions, axis=0) - np.outer(steps, normal)
+    in_plane = np.abs(drift @ np.column_stack([row, column]))
+    if np.max(in_plane) > SHEAR_TOLERANCE * float(first.pixel_spacing.min()):
+        raise InputError(f"{name}: consecutive slices are shifted in-plane by up to {np.max(in_plane):.2f} mm "
+                         "(gantry tilt or a sheared stack); resample it to a regular grid first.")
+    return order, step
 
 
 def _worst_misplacement(along: np.ndarray) -> float:

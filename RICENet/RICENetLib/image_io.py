@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from .atomic import atomic_path
 from .errors import InputError
-from .dicom_series import check_series, refuse_enhanced
+from .dicom_series import check_series, enhanced_kind
 from .file_integrity import check_complete
 
 #: Metadata keys set on images read from RTDOSE, kept by :func:`write_image` for NRRD/MHA.
@@ -102,7 +102,8 @@ def _read_image_file(path: Path) -> sitk.Image:
     if is_nifti:
         bad = nifti.count_non_finite(path)  # SimpleITK reads NaN/inf in NIfTI as 0
         if bad:
-            raise InputError(f"Image {path} contains {bad} NaN or infinite voxel value(s) (SimpleITK would read them as 0).")
+            raise InputError(f"Image {path} contains {bad} NaN or infinite voxel value(s) "
+                             "(SimpleITK would read them as 0).")
     return image
 
 
@@ -118,16 +119,32 @@ def _itk_reason(error: Exception) -> str:
     return (reason[:300] + "…") if len(reason) > 300 else (reason or "unknown reason")
 
 
-def _read_dicom_file(path: Path) -> sitk.Image:
+def _dicom_header(path: Path) -> Any:
     import pydicom
 
     try:
-        header = pydicom.dcmread(str(path), stop_before_pixels=True)
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception as error:  # pydicom raises several types for broken files
         raise InputError(f"DICOM file {path} could not be read: {error}") from None
+
+
+def _single_file_volume(path: Path, header: Any = None) -> sitk.Image | None:
+    """The volume a DICOM file holds by itself (an RTDOSE, an Enhanced multi-frame image), else None."""
+    header = header if header is not None else _dicom_header(path)
     if getattr(header, "Modality", "") == "RTDOSE":
         return read_rtdose(path)
-    refuse_enhanced(path, header)
+    if enhanced_kind(header) is not None:
+        from .dicom_enhanced import read_enhanced
+
+        return read_enhanced(path)
+    return None
+
+
+def _read_dicom_file(path: Path) -> sitk.Image:
+    header = _dicom_header(path)
+    single = _single_file_volume(path, header)
+    if single is not None:
+        return single
     series_uid = getattr(header, "SeriesInstanceUID", None)
     return _read_dicom_directory(path.parent, series_uid)
 
@@ -154,9 +171,12 @@ def _read_dicom_directory(directory: Path, series_uid: str | None) -> sitk.Image
     try:
         files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), series_uid))
     except RuntimeError as error:
-        raise InputError(f"DICOM series {series_uid} in {directory} could not be listed: {_itk_reason(error)}") from None
-    if len(files) == 1 and _is_rtdose(Path(files[0])):
-        return read_rtdose(files[0])
+        raise InputError(f"DICOM series {series_uid} in {directory} could not be listed: "
+                         f"{_itk_reason(error)}") from None
+    if len(files) == 1:
+        single = _single_file_volume(Path(files[0]))
+        if single is not None:
+            return single
     facts = check_series(files, directory, series_uid)
     if len(files) < 2:
         raise InputError(f"{facts.name} is not a 3D volume (only {len(files)} slice).")
