@@ -65,14 +65,27 @@ def test_gzip_in_several_members_with_padding_reads(tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(read_image(path)), sitk.GetArrayFromImage(_volume()))
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
-def test_non_finite_nifti_voxels_are_seen(tmp_path, value):
+def test_non_finite_nifti_voxels_are_seen(tmp_path, value, suffix):
     array = sitk.GetArrayFromImage(_volume())
     array[4, 5, 6] = value
-    path = tmp_path / "dose.nii.gz"
+    path = tmp_path / f"dose{suffix}"
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
     assert np.all(np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))))  # what SimpleITK 2.5 hands over
     with pytest.raises(InputError, match=f"Image {path} contains 1 NaN or infinite voxel"):
+        read_image(path)
+
+
+def test_nifti_scaling_that_makes_every_voxel_infinite_is_seen(tmp_path):
+    import struct
+
+    path = tmp_path / "scaled.nii"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.int16), np.eye(4)), path)
+    data = bytearray(path.read_bytes())
+    data[112:116] = struct.pack("<f", np.inf)  # scl_slope (nibabel refuses to write it)
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="contains 512 NaN or infinite voxel"):
         read_image(path)
 
 

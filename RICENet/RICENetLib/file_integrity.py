@@ -15,39 +15,52 @@ from __future__ import annotations
 import re
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Callable, Optional
+
+import numpy as np
 
 from .errors import InputError
 
 _CHUNK = 1 << 20
 
 
-def check_complete(path: Path) -> None:
-    """Raise :class:`InputError` naming ``path`` if it holds fewer bytes than its header promises."""
+def check_complete(path: Path) -> int:
+    """Raise :class:`InputError` naming ``path`` if it holds fewer bytes than its header promises.
+
+    Returns how many NaN/inf voxels a NIfTI file of floats holds (counted in
+    the same pass, since SimpleITK reads them as 0); 0 for other formats,
+    whose readers keep such values for :func:`RICENetLib.image_io.check_volume`.
+    """
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        _check_nifti(path)
-    elif name.endswith((".nrrd", ".nhdr")):
+        return _check_nifti(path)
+    if name.endswith((".nrrd", ".nhdr")):
         _check_nrrd(path)
     elif name.endswith((".mha", ".mhd")):
         _check_metaimage(path)
+    return 0
 
 
 def _refuse(path: Path, what: str) -> InputError:
     return InputError(f"Image {path} is truncated or corrupt: {what}; copy or export the file again.")
 
 
-def _inflated_length(handle: BinaryIO, path: Path, wbits: int, expected: int) -> int:
+def _inflated_length(handle: BinaryIO, path: Path, wbits: int, expected: int,
+                     sink: Optional[Callable[[bytes], None]] = None) -> int:
     """Bytes a gzip (``wbits`` 31) or zlib (15) stream at the handle's position inflates to, read to its end.
 
     zlib checks gzip's CRC and length; a stream that stops before its end
     marker is a truncated file. Concatenated gzip members are all counted.
+    ``sink`` sees every inflated byte, in order.
     """
     inflater, total, ended = zlib.decompressobj(wbits), 0, False
     try:
         while not (ended and wbits != 31) and (chunk := handle.read(_CHUNK)):
             while chunk:
-                total += len(inflater.decompress(chunk))
+                data = inflater.decompress(chunk)
+                total += len(data)
+                if sink is not None:
+                    sink(data)
                 ended, chunk = inflater.eof, b""
                 if ended and wbits == 31 and inflater.unused_data.startswith(b"\x1f\x8b"):
                     chunk = inflater.unused_data  # the next gzip member
@@ -65,7 +78,26 @@ def _inflated_length(handle: BinaryIO, path: Path, wbits: int, expected: int) ->
     return total
 
 
-def _check_nifti(path: Path) -> None:
+class _NonFiniteCounter:
+    """Counts NaN/inf values of ``dtype`` in a byte stream, from ``offset`` for ``count`` values."""
+
+    def __init__(self, dtype: np.dtype, offset: int, count: int) -> None:
+        self.dtype, self.skip, self.left, self.rest, self.non_finite = dtype, offset, count, b"", 0
+
+    def __call__(self, data: bytes) -> None:
+        if self.skip:
+            cut = min(self.skip, len(data))
+            data, self.skip = data[cut:], self.skip - cut
+        data = self.rest + data
+        usable = min(len(data) // self.dtype.itemsize, self.left)
+        if usable:
+            values = np.frombuffer(data, dtype=self.dtype, count=usable)
+            self.non_finite += usable - int(np.count_nonzero(np.isfinite(values)))
+            self.left -= usable
+        self.rest = data[usable * self.dtype.itemsize:] if self.left else b""
+
+
+def _check_nifti(path: Path) -> int:
     from .nifti import read_header
 
     header = read_header(path)
@@ -73,10 +105,13 @@ def _check_nifti(path: Path) -> None:
     voxels = 1
     for n in shape:
         voxels *= n
-    expected = int(header.get_data_offset()) + voxels * header.get_data_dtype().itemsize
+    dtype = header.get_data_dtype()
+    offset = int(header.get_data_offset())
+    expected = offset + voxels * dtype.itemsize
+    counter = _NonFiniteCounter(dtype, offset, voxels) if dtype.kind == "f" else None
     if path.name.lower().endswith(".gz"):
         with open(path, "rb") as handle:
-            actual = _inflated_length(handle, path, 31, expected)
+            actual = _inflated_length(handle, path, 31, expected, counter)
         kind = "decompressed bytes"
     else:
         actual = path.stat().st_size
@@ -84,6 +119,18 @@ def _check_nifti(path: Path) -> None:
     if actual < expected:
         raise _refuse(path, f"its header promises {expected:,} {kind} for {'×'.join(map(str, shape))} voxels "
                             f"but it holds {actual:,} ({100 * actual / expected:.0f} %)")
+    if counter is not None and not path.name.lower().endswith(".gz"):
+        values = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(voxels,))
+        for start in range(0, voxels, _CHUNK):
+            block = values[start:start + _CHUNK]
+            counter.non_finite += block.size - int(np.count_nonzero(np.isfinite(block)))
+        del values
+    non_finite = counter.non_finite if counter is not None else 0
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    # A slope of 0 or NaN means "no scaling"; an infinite slope or intercept makes every voxel infinite.
+    if np.isinf(slope) or (slope != 0 and np.isfinite(slope) and np.isinf(inter)):
+        non_finite = voxels
+    return non_finite
 
 
 def _nrrd_item_size(type_name: str) -> Optional[int]:

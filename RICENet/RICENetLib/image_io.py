@@ -85,26 +85,20 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
 
 
 def _read_image_file(path: Path) -> sitk.Image:
-    """A NIfTI/NRRD/MHA file, refused if truncated; NIfTI-2 and NIfTI's non-finite voxels through nibabel."""
+    """A NIfTI/NRRD/MHA file, refused if truncated or (NIfTI) holding NaN/inf; NIfTI-2 through nibabel."""
     from . import nifti
 
     if path.stat().st_size == 0:
         raise InputError(f"Image {path} could not be read: the file is empty.")
-    is_nifti = _has_suffix(path, (".nii", ".nii.gz"))
-    if is_nifti and nifti.is_nifti2(path):
-        check_complete(path)
+    bad = check_complete(path)  # also counts NIfTI's NaN/inf voxels: SimpleITK would read them as 0
+    if bad:
+        raise InputError(f"Image {path} contains {bad} NaN or infinite voxel value(s) (SimpleITK would read them as 0).")
+    if _has_suffix(path, (".nii", ".nii.gz")) and nifti.is_nifti2(path):
         return nifti.read_with_nibabel(path)  # SimpleITK cannot read NIfTI-2
-    check_complete(path)
     try:
-        image = sitk.ReadImage(str(path))
+        return sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise InputError(f"Image {path} could not be read: {_itk_reason(error)}") from None
-    if is_nifti:
-        bad = nifti.count_non_finite(path)  # SimpleITK reads NaN/inf in NIfTI as 0
-        if bad:
-            raise InputError(f"Image {path} contains {bad} NaN or infinite voxel value(s) "
-                             "(SimpleITK would read them as 0).")
-    return image
 
 
 def _itk_reason(error: Exception) -> str:

@@ -1,12 +1,12 @@
-"""What SimpleITK misses in NIfTI files: non-finite voxels, and NIfTI-2 — both through nibabel.
+"""NIfTI through nibabel where SimpleITK falls short: the header alone, and NIfTI-2 files.
 
-SimpleITK 2.5 reads NaN and infinite voxels of a NIfTI file as 0, so a check
-on the image it returns never sees them; nibabel reads the values as stored.
 SimpleITK cannot open NIfTI-2 (540-byte header) at all; nibabel can, and its
-affine (RAS, the sform if set, else the qform) gives the geometry.
+affine (RAS: the sform if set, else the qform) gives the geometry. The header
+alone tells :mod:`RICENetLib.file_integrity` how many bytes of which type to
+expect (SimpleITK 2.5 reads NaN/inf voxels of a NIfTI file as 0, so they are
+counted there, from the raw bytes).
 
->>> count_non_finite(Path("dose.nii.gz"))                 # doctest: +SKIP
-0
+>>> image = read_with_nibabel(Path("t1c_nifti2.nii.gz"))   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -43,21 +43,6 @@ def read_header(path: Path):
             return kind.from_fileobj(handle, check=False)  # only shape, type and offset are needed
     except Exception as error:  # nibabel, gzip and struct raise several types for a broken header
         raise InputError(f"Image {path} could not be read as NIfTI: {error}") from None
-
-
-def count_non_finite(path: Path) -> int:
-    """How many voxels are NaN or ±inf after the file's scaling (0 for integer data without scaling)."""
-    import nibabel as nib
-
-    image = nib.load(str(path))
-    header = image.header
-    slope, inter = header.get_slope_inter()
-    floating = np.issubdtype(header.get_data_dtype(), np.floating)
-    scaled = any(v is not None and not np.isfinite(v) for v in (slope, inter))
-    if not (floating or scaled):
-        return 0
-    data = np.asanyarray(image.dataobj)
-    return int(data.size - np.count_nonzero(np.isfinite(data)))
 
 
 def read_with_nibabel(path: Path) -> sitk.Image:
