@@ -77,7 +77,8 @@ ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 
 
 def write_enhanced_mr(path: Path, positions_mm: Sequence[float], *, spacing: float = 1.0, slope: float = 1.0,
-                      intercept: float = 0.0, per_frame_geometry: bool = True) -> Path:
+                      intercept: float = 0.0, per_frame_geometry: bool = True,
+                      series_uid: Optional[str] = None) -> Path:
     """An Enhanced MR file whose frame ``k`` holds what :func:`write_mr_series` puts in slice ``k``."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DicomSequence
@@ -87,7 +88,7 @@ def write_enhanced_mr(path: Path, positions_mm: Sequence[float], *, spacing: flo
     ds.file_meta.MediaStorageSOPClassUID = ENHANCED_MR
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.SeriesDescription = "3D T1c enhanced"
     ds.PatientID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = PATIENT, STUDY_UID, FRAME_UID
     classic = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SliceLocation")

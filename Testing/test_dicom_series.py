@@ -136,6 +136,18 @@ def test_multiframe_without_per_frame_geometry_gets_a_clear_message(tmp_path, ca
     assert "no per-frame geometry" in err and "Traceback" not in err
 
 
+def test_multiframe_file_inside_a_classic_series_is_refused(tmp_path):
+    import pydicom
+
+    paths = write_mr_series(tmp_path / "mr", EVEN)
+    uid = pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID
+    enhanced = write_enhanced_mr(tmp_path / "mr" / "zz_enhanced.dcm", [30.0, 32.5], series_uid=uid)
+    with pytest.raises(InputError, match=f"DICOM file {enhanced} is an Enhanced MR image \\(2 frames in one file\\) "
+                                         "in a series of 9 files; give that file alone"):
+        read_image(tmp_path / "mr")
+    assert read_image(enhanced).GetSize() == (64, 64, 2)
+
+
 def test_info_on_a_series_beside_a_truncated_dicom_file(tmp_path, capsys):
     paths = write_mr_series(tmp_path / "mr", EVEN)
     data = paths[3].read_bytes()

@@ -101,10 +101,11 @@ def check_dose_peak(peak: float, unit: str, name: str, source: str) -> None:
         raise InputError(
             f"{name} has a maximum of {peak:g} {unit} ({source}), more than any brain treatment course "
             f"(over {MAX_PLAUSIBLE_GY:g} Gy); the values look like cGy. Check the export"
-            + ("" if unit == "cGy" else " or state --dose-unit cGy") + "."
+            + ("" if unit == "cGy" else " or state the unit cGy (--dose-unit cGy; in Slicer, Dose unit)") + "."
         )
     if unit == "cGy" and peak_gy < MIN_PLAUSIBLE_CGY_PEAK_GY:
         raise InputError(
             f"{name} has a maximum of {peak:g} cGy ({source}) = {peak_gy:g} Gy, less than any glioblastoma course "
-            f"reaches; the values look like Gy labelled cGy. Check the export or state --dose-unit Gy."
+            f"reaches; the values look like Gy labelled cGy. Check the export or state the unit Gy "
+            "(--dose-unit Gy; in Slicer, Dose unit)."
         )
