@@ -4,6 +4,13 @@ Everything comes back as a :class:`SimpleITK.Image` in ITK's LPS convention
 (origin, spacing, direction), which is what the whole pipeline works in. The
 MRML bridge converts to Slicer's RAS at the boundary.
 
+Before ITK reads a file, :mod:`.file_integrity` checks that it is whole (and
+counts NIfTI's NaN/inf voxels, which SimpleITK reads as 0); NIfTI-2 is read
+through nibabel (:mod:`.nifti`). A DICOM series is checked slice by slice
+(:mod:`.dicom_series`); an Enhanced multi-frame image is read by
+:mod:`.dicom_enhanced`. Images read from DICOM carry PatientID and
+FrameOfReferenceUID as metadata for :mod:`.dicom_identity`.
+
 DICOM RTDOSE is read with pydicom rather than through ITK's generic reader,
 because its physics and geometry live in RT-specific tags: dose = stored value ×
 DoseGridScaling (in DoseUnits), slice positions from GridFrameOffsetVector along
@@ -25,8 +32,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
-from .errors import InputError
 from .dicom_series import check_series, enhanced_kind
+from .errors import InputError
 from .file_integrity import check_complete
 
 #: Metadata keys set on images read from RTDOSE, kept by :func:`write_image` for NRRD/MHA.
@@ -92,7 +99,8 @@ def _read_image_file(path: Path) -> sitk.Image:
         raise InputError(f"Image {path} could not be read: the file is empty.")
     bad = check_complete(path)  # also counts NIfTI's NaN/inf voxels: SimpleITK would read them as 0
     if bad:
-        raise InputError(f"Image {path} contains {bad} NaN or infinite voxel value(s) (SimpleITK would read them as 0).")
+        raise InputError(f"Image {path} contains {bad} NaN or infinite voxel value(s) "
+                         "(SimpleITK would read them as 0).")
     if _has_suffix(path, (".nii", ".nii.gz")) and nifti.is_nifti2(path):
         return nifti.read_with_nibabel(path)  # SimpleITK cannot read NIfTI-2
     try:

@@ -3,11 +3,16 @@
 The model learnt the dose of the whole treatment course as planned. An RTDOSE
 says what it holds in three tags, and each is checked here:
 
-| tag | accepted | warned | refused |
-|---|---|---|---|
-| DoseSummationType | PLAN, MULTI_PLAN | missing | FRACTION (one fraction), BEAM / CONTROL_POINT (part of a plan), BRACHY, the *_SESSION and RECORD kinds (not the planned course), anything else |
-| DoseType | PHYSICAL | EFFECTIVE (biologically weighted), missing | ERROR (a dose difference), anything else |
-| DoseUnits | GY, CGY | missing (then the value range decides, as for NIfTI) | RELATIVE (no Gy), anything else |
+* DoseSummationType: PLAN and MULTI_PLAN are used; a missing one is warned
+  about; FRACTION (one fraction), BEAM and CONTROL_POINT (part of a plan),
+  BRACHY, the *_SESSION kinds and RECORD (not the planned course) and any
+  other value are refused.
+* DoseType: PHYSICAL is used; EFFECTIVE (biologically weighted) and a missing
+  one are warned about; ERROR (a difference of two doses) and any other value
+  are refused.
+* DoseUnits: GY and CGY (not a DICOM term, but some exports write it) are
+  used; a missing one leaves the unit to the value range, as for NIfTI;
+  RELATIVE (no Gy) and any other value are refused.
 
 Whatever the unit, the maximum must be plausible for it (:func:`check_dose_peak`):
 a label can be wrong, and a factor of 100 in the dose silently ruins every
