@@ -49,7 +49,7 @@ def read_enhanced(path: Path) -> sitk.Image:
     """An Enhanced (multi-frame) MR/CT file as a 3D image in LPS; refuses what is not one regular volume."""
     import pydicom
 
-    from .image_io import DICOM_SOURCE_KEY, FRAME_OF_REFERENCE_KEY, PATIENT_ID_KEY
+    from .image_io import FRAME_OF_REFERENCE_KEY, PATIENT_ID_KEY
 
     try:
         ds = pydicom.dcmread(str(path))
@@ -103,5 +103,4 @@ def read_enhanced(path: Path) -> sitk.Image:
     image.SetDirection(tuple(float(v) for v in np.column_stack([row, column, np.cross(row, column)]).ravel()))
     image.SetMetaData(PATIENT_ID_KEY, str(getattr(ds, "PatientID", "") or ""))
     image.SetMetaData(FRAME_OF_REFERENCE_KEY, str(getattr(ds, "FrameOfReferenceUID", "") or ""))
-    image.SetMetaData(DICOM_SOURCE_KEY, name)
     return image

@@ -45,9 +45,7 @@ class SeriesFacts:
 
     patient_id: str
     frame_of_reference_uid: str
-    series_description: str
-    spacing_mm: float
-    name: str
+    name: str  # how messages name the series (description, UID, folder)
 
 
 def describe_series(directory: Path, header: Any, series_uid: str) -> str:
@@ -114,13 +112,11 @@ def check_series(files: Sequence[str], directory: Path, series_uid: str) -> Seri
               _floats(h, "ImagePositionPatient", 3, file, name))
         for file, h in zip(files, headers)
     ]
+    check_stack(slices, name)
     first = headers[0]
-    _, step = check_stack(slices, name, float(getattr(first, "SliceThickness", 0) or 1.0))
     return SeriesFacts(
         patient_id=str(getattr(first, "PatientID", "") or ""),
         frame_of_reference_uid=str(getattr(first, "FrameOfReferenceUID", "") or ""),
-        series_description=str(getattr(first, "SeriesDescription", "") or ""),
-        spacing_mm=step,
         name=name,
     )
 

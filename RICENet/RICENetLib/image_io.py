@@ -45,8 +45,6 @@ DOSE_SUMMATION_KEY = "ricenet_dose_summation_type"
 #: Set on every image read from DICOM, so that the inputs of one case can be checked against each other.
 PATIENT_ID_KEY = "ricenet_patient_id"
 FRAME_OF_REFERENCE_KEY = "ricenet_frame_of_reference_uid"
-#: How messages name the DICOM source (series description, UID, folder).
-DICOM_SOURCE_KEY = "ricenet_dicom_source"
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -192,7 +190,6 @@ def _read_dicom_directory(directory: Path, series_uid: str | None) -> sitk.Image
         raise InputError(f"{facts.name} is not a 3D volume (only {len(files)} slice(s)).")
     image.SetMetaData(PATIENT_ID_KEY, facts.patient_id)
     image.SetMetaData(FRAME_OF_REFERENCE_KEY, facts.frame_of_reference_uid)
-    image.SetMetaData(DICOM_SOURCE_KEY, facts.name)
     return image
 
 
@@ -280,7 +277,6 @@ def read_rtdose(path: str | os.PathLike) -> sitk.Image:
     image.SetMetaData(DOSE_SUMMATION_KEY, str(getattr(ds, "DoseSummationType", "") or "").strip().upper())
     image.SetMetaData(PATIENT_ID_KEY, str(getattr(ds, "PatientID", "") or ""))
     image.SetMetaData(FRAME_OF_REFERENCE_KEY, str(getattr(ds, "FrameOfReferenceUID", "") or ""))
-    image.SetMetaData(DICOM_SOURCE_KEY, f"RTDOSE file {path}")
     return image
 
 
