@@ -108,8 +108,10 @@ def test_dose_in_cgy_is_refused_unless_stated():
         dose_in_gy(dose, None, "dose image plan.nrrd")
     in_gy, unit = dose_in_gy(dose, "cGy", "dose")
     assert unit == "cGy" and float(sitk.GetArrayViewFromImage(in_gy).max()) == pytest.approx(60.0, rel=1e-5)
-    as_is, unit = dose_in_gy(dose, "Gy", "dose")  # stated Gy is trusted, however high
-    assert unit == "Gy" and float(sitk.GetArrayViewFromImage(as_is).max()) == pytest.approx(6000.0)
+    with pytest.raises(InputError, match=r"dose has a maximum of 6000 Gy \(as stated\), more than any brain treatment"):
+        dose_in_gy(dose, "Gy", "dose")  # no course reaches 150 Gy, whoever states the unit
+    as_is, unit = dose_in_gy(_gaussian_dose(centre_mm=(0, 0, 0), peak=120.0), "Gy", "dose")  # stated Gy above 100
+    assert unit == "Gy" and float(sitk.GetArrayViewFromImage(as_is).max()) == pytest.approx(120.0)
     with pytest.raises(InputError, match="Unknown dose unit 'mGy'"):
         dose_in_gy(dose, "mGy", "dose")
 

@@ -4,6 +4,13 @@ Everything comes back as a :class:`SimpleITK.Image` in ITK's LPS convention
 (origin, spacing, direction), which is what the whole pipeline works in. The
 MRML bridge converts to Slicer's RAS at the boundary.
 
+Before ITK reads a file, :mod:`.file_integrity` checks that it is whole (and
+counts NIfTI's NaN/inf voxels, which SimpleITK reads as 0); NIfTI-2 is read
+through nibabel (:mod:`.nifti`). A DICOM series is checked slice by slice
+(:mod:`.dicom_series`); an Enhanced multi-frame image is read by
+:mod:`.dicom_enhanced`. Images read from DICOM carry PatientID and
+FrameOfReferenceUID as metadata for :mod:`.dicom_identity`.
+
 DICOM RTDOSE is read with pydicom rather than through ITK's generic reader,
 because its physics and geometry live in RT-specific tags: dose = stored value ×
 DoseGridScaling (in DoseUnits), slice positions from GridFrameOffsetVector along
@@ -25,7 +32,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
+from .dicom_series import check_series, enhanced_kind
 from .errors import InputError
+from .file_integrity import check_complete
 
 #: Metadata keys set on images read from RTDOSE, kept by :func:`write_image` for NRRD/MHA.
 MODALITY_KEY = "ricenet_modality"
@@ -33,6 +42,9 @@ DOSE_UNITS_KEY = "ricenet_dose_units"
 DOSE_SCALING_KEY = "ricenet_dose_grid_scaling"
 DOSE_TYPE_KEY = "ricenet_dose_type"
 DOSE_SUMMATION_KEY = "ricenet_dose_summation_type"
+#: Set on every image read from DICOM, so that the inputs of one case can be checked against each other.
+PATIENT_ID_KEY = "ricenet_patient_id"
+FRAME_OF_REFERENCE_KEY = "ricenet_frame_of_reference_uid"
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -67,10 +79,7 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
     elif _has_suffix(path, DICOM_SUFFIXES) or _is_dicom_file(path):
         image = _read_dicom_file(path)
     elif _has_suffix(path, IMAGE_SUFFIXES):
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as error:
-            raise InputError(f"Image {path} could not be read: {_itk_reason(error)}") from None
+        image = _read_image_file(path)
     else:
         raise InputError(
             f"Image {path} has an unsupported format; use NIfTI (.nii/.nii.gz), NRRD, MHA, "
@@ -78,6 +87,24 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
         )
     check_volume(image, str(path))
     return image
+
+
+def _read_image_file(path: Path) -> sitk.Image:
+    """A NIfTI/NRRD/MHA file, refused if truncated or (NIfTI) holding NaN/inf; NIfTI-2 through nibabel."""
+    from . import nifti
+
+    if path.stat().st_size == 0:
+        raise InputError(f"Image {path} could not be read: the file is empty.")
+    bad = check_complete(path)  # also counts NIfTI's NaN/inf voxels: SimpleITK would read them as 0
+    if bad:
+        raise InputError(f"Image {path} contains {bad} NaN or infinite voxel value(s) "
+                         "(SimpleITK would read them as 0).")
+    if _has_suffix(path, (".nii", ".nii.gz")) and nifti.is_nifti2(path):
+        return nifti.read_with_nibabel(path)  # SimpleITK cannot read NIfTI-2
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputError(f"Image {path} could not be read: {_itk_reason(error)}") from None
 
 
 def _itk_reason(error: Exception) -> str:
@@ -92,21 +119,41 @@ def _itk_reason(error: Exception) -> str:
     return (reason[:300] + "…") if len(reason) > 300 else (reason or "unknown reason")
 
 
-def _read_dicom_file(path: Path) -> sitk.Image:
+def _dicom_header(path: Path) -> Any:
     import pydicom
 
     try:
-        header = pydicom.dcmread(str(path), stop_before_pixels=True)
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception as error:  # pydicom raises several types for broken files
         raise InputError(f"DICOM file {path} could not be read: {error}") from None
+
+
+def _single_file_volume(path: Path, header: Any = None) -> sitk.Image | None:
+    """The volume a DICOM file holds by itself (an RTDOSE, an Enhanced multi-frame image), else None."""
+    header = header if header is not None else _dicom_header(path)
     if getattr(header, "Modality", "") == "RTDOSE":
         return read_rtdose(path)
+    if enhanced_kind(header) is not None:
+        from .dicom_enhanced import read_enhanced
+
+        return read_enhanced(path)
+    return None
+
+
+def _read_dicom_file(path: Path) -> sitk.Image:
+    header = _dicom_header(path)
+    single = _single_file_volume(path, header)
+    if single is not None:
+        return single
     series_uid = getattr(header, "SeriesInstanceUID", None)
     return _read_dicom_directory(path.parent, series_uid)
 
 
 def _read_dicom_directory(directory: Path, series_uid: str | None) -> sitk.Image:
-    series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)) or [])
+    try:
+        series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)) or [])
+    except RuntimeError as error:
+        raise InputError(f"Folder {directory} could not be scanned for DICOM series: {_itk_reason(error)}") from None
     if not series:
         doses = [p for p in sorted(directory.iterdir()) if p.is_file() and _is_rtdose(p)]
         if len(doses) == 1:
@@ -121,17 +168,28 @@ def _read_dicom_directory(directory: Path, series_uid: str | None) -> sitk.Image
         series_uid = series[0]
     elif series_uid not in series:
         raise InputError(f"Folder {directory} has no DICOM series {series_uid}; it has {', '.join(series)}.")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), series_uid)
-    if len(files) == 1 and _is_rtdose(Path(files[0])):
-        return read_rtdose(files[0])
+    try:
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), series_uid))
+    except RuntimeError as error:
+        raise InputError(f"DICOM series {series_uid} in {directory} could not be listed: "
+                         f"{_itk_reason(error)}") from None
+    if len(files) == 1:
+        single = _single_file_volume(Path(files[0]))
+        if single is not None:
+            return single
+    facts = check_series(files, directory, series_uid)
+    if len(files) < 2:
+        raise InputError(f"{facts.name} is not a 3D volume (only {len(files)} slice).")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
         image = reader.Execute()
     except RuntimeError as error:
-        raise InputError(f"DICOM series {series_uid} in {directory} could not be read: {_itk_reason(error)}") from None
+        raise InputError(f"{facts.name} could not be read: {_itk_reason(error)}") from None
     if image.GetDimension() != 3 or image.GetSize()[2] < 2:
-        raise InputError(f"DICOM series {series_uid} in {directory} is not a 3D volume (only {len(files)} slice(s)).")
+        raise InputError(f"{facts.name} is not a 3D volume (only {len(files)} slice(s)).")
+    image.SetMetaData(PATIENT_ID_KEY, facts.patient_id)
+    image.SetMetaData(FRAME_OF_REFERENCE_KEY, facts.frame_of_reference_uid)
     return image
 
 
@@ -147,8 +205,12 @@ def _is_rtdose(path: Path) -> bool:
 def read_rtdose(path: str | os.PathLike) -> sitk.Image:
     """Read a DICOM RTDOSE file as a float32 dose image (stored × DoseGridScaling).
 
-    The unit (``GY`` or ``RELATIVE``) and the scaling are kept as metadata
-    (:data:`DOSE_UNITS_KEY`, :data:`DOSE_SCALING_KEY`).
+    The unit (``GY``, ``CGY``, ``RELATIVE``; empty when missing), the scaling,
+    DoseType, DoseSummationType, PatientID and FrameOfReferenceUID are kept
+    as metadata (``*_KEY``); :mod:`RICENetLib.rtdose` judges them where the
+    dose is put in Gy, and :mod:`RICENetLib.dicom_identity` compares the last
+    two with the post-op MRI's. The file is read as it is, so ``ricenet info``
+    can show any RTDOSE.
     """
     import pydicom
 
@@ -209,10 +271,12 @@ def read_rtdose(path: str | os.PathLike) -> sitk.Image:
     image.SetOrigin(tuple(float(v) for v in position))
     image.SetDirection(tuple(float(v) for v in np.column_stack([row_cosine, col_cosine, normal]).ravel()))
     image.SetMetaData(MODALITY_KEY, "RTDOSE")
-    image.SetMetaData(DOSE_UNITS_KEY, str(getattr(ds, "DoseUnits", "GY")).upper())
+    image.SetMetaData(DOSE_UNITS_KEY, str(getattr(ds, "DoseUnits", "") or "").strip().upper())
     image.SetMetaData(DOSE_SCALING_KEY, repr(scaling))
-    image.SetMetaData(DOSE_TYPE_KEY, str(getattr(ds, "DoseType", "")))
-    image.SetMetaData(DOSE_SUMMATION_KEY, str(getattr(ds, "DoseSummationType", "")))
+    image.SetMetaData(DOSE_TYPE_KEY, str(getattr(ds, "DoseType", "") or "").strip().upper())
+    image.SetMetaData(DOSE_SUMMATION_KEY, str(getattr(ds, "DoseSummationType", "") or "").strip().upper())
+    image.SetMetaData(PATIENT_ID_KEY, str(getattr(ds, "PatientID", "") or ""))
+    image.SetMetaData(FRAME_OF_REFERENCE_KEY, str(getattr(ds, "FrameOfReferenceUID", "") or ""))
     return image
 
 
@@ -270,4 +334,13 @@ def image_info(path: str | os.PathLike) -> dict[str, Any]:
         info["dose_type"] = image.GetMetaData(DOSE_TYPE_KEY)
         info["dose_summation_type"] = image.GetMetaData(DOSE_SUMMATION_KEY)
         info["values"] = "stored pixel value x DoseGridScaling"
+        from .rtdose import rtdose_findings
+
+        refusals, warnings = rtdose_findings(image)
+        info["usable_as_dose"] = not refusals
+        if refusals or warnings:
+            info["dose_problems"] = refusals + warnings
+    for key, field_name in ((PATIENT_ID_KEY, "patient_id"), (FRAME_OF_REFERENCE_KEY, "frame_of_reference_uid")):
+        if image.HasMetaDataKey(key):
+            info[field_name] = image.GetMetaData(key)
     return info

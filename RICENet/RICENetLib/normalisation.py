@@ -16,12 +16,15 @@ is stated.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 DOSE_UNITS = ("Gy", "cGy")
 DOSE_NORMALISATIONS = ("prescription", "zscore")
@@ -49,14 +52,20 @@ def dose_in_gy(dose: sitk.Image, unit: Optional[str] = None, name: str = "dose i
     ``unit`` is what the user states (``"Gy"``/``"cGy"``); without it, the
     RTDOSE's own DoseUnits is used, and failing that Gy is assumed unless the
     maximum exceeds :data:`CGY_SUSPECT_GY`, which raises :class:`InputError`.
-    A relative dose (RTDOSE DoseUnits RELATIVE) is refused: it has no Gy.
+    A relative dose (RTDOSE DoseUnits RELATIVE) is refused whatever ``unit``
+    says: it has no Gy. An RTDOSE that is not the planned cumulative physical
+    dose, and a maximum implausible for the unit used, are refused
+    (:mod:`RICENetLib.rtdose`).
     """
     if unit is not None and unit not in DOSE_UNITS:
         raise InputError(f"Unknown dose unit '{unit}' for {name}; use one of {', '.join(DOSE_UNITS)}.")
     from .image_io import DOSE_UNITS_KEY
+    from .rtdose import check_dose_peak, check_rtdose
 
-    if unit is None and dose.HasMetaDataKey(DOSE_UNITS_KEY) and dose.GetMetaData(DOSE_UNITS_KEY).strip().upper() == "RELATIVE":
+    if dose.HasMetaDataKey(DOSE_UNITS_KEY) and dose.GetMetaData(DOSE_UNITS_KEY).strip().upper() == "RELATIVE":
+        # Stating a unit does not make a relative dose physical.
         raise InputError(f"{name} is a relative dose (DoseUnits RELATIVE), not Gy; export the plan's physical dose.")
+    check_rtdose(dose, name)
     array = sitk.GetArrayViewFromImage(dose)
     if array.size == 0:
         raise InputError(f"{name} is empty.")
@@ -68,7 +77,10 @@ def dose_in_gy(dose: sitk.Image, unit: Optional[str] = None, name: str = "dose i
         raise InputError(f"{name} has negative dose values (minimum {lowest:g}); a dose map is never negative.")
     if peak <= 0:
         raise InputError(f"{name} has no positive dose (maximum {peak:g}); is it the right file?")
-    used = unit or declared_dose_unit(dose)
+    declared = declared_dose_unit(dose)
+    if unit is not None and declared is not None and unit != declared:
+        log.warning("%s: the stated dose unit %s overrides the file's DoseUnits (%s).", name, unit, declared)
+    used = unit or declared
     if used is None:
         if peak > CGY_SUSPECT_GY:
             raise InputError(
@@ -76,6 +88,8 @@ def dose_in_gy(dose: sitk.Image, unit: Optional[str] = None, name: str = "dose i
                 "state the unit (--dose-unit cGy, or Gy if the plan really exceeds 100 Gy)."
             )
         used = "Gy"
+    source = "as stated" if unit is not None else ("its DoseUnits" if declared is not None else "assumed")
+    check_dose_peak(peak, used, name, source)
     scale = 0.01 if used == "cGy" else 1.0
     result = sitk.Cast(dose, sitk.sitkFloat32)
     if scale != 1.0:

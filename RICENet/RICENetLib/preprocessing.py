@@ -38,6 +38,7 @@ import SimpleITK as sitk
 from . import MODALITIES, __version__
 from .atomic import atomic_directory, atomic_path, write_json
 from .crop import CropBox, crop_box_around, crop_or_pad, cropped_geometry, fraction_inside, input_size_zyx
+from .dicom_identity import check_same_patient_and_frame
 from .errors import InputError, PreprocessingError, reject_unknown_keys
 from .image_io import check_volume, read_image, write_image
 from .normalisation import DOSE_NORMALISATIONS, DOSE_UNITS, dose_in_gy, normalise_dose, zscore
@@ -393,6 +394,8 @@ def preprocess_case(postop: Any, event: Any, dose: Any, params: Optional[Preproc
     postop_image, postop_name, postop_source = _load(postop, "postop", case_id)
     event_image, event_name, event_source = _load(event, "event", case_id)
     dose_image, dose_name, dose_source = _load(dose, "dose", case_id)
+    check_same_patient_and_frame(postop_image, event_image, dose_image,
+                                 {"postop": postop_name, "event": event_name, "dose": dose_name})
     _check_mri(postop_image, postop_name)
     _check_mri(event_image, event_name)
     dose_gy, dose_unit = dose_in_gy(dose_image, params.dose_unit, dose_name)

@@ -8,8 +8,11 @@ import json
 NAME = "info"
 HELP = "print size, spacing, origin, direction (LPS), pixel type and value range of an image as JSON"
 DESCRIPTION = (
-    "Check an image before a run. Reads NIfTI/NRRD/MHA files, DICOM series folders and DICOM RTDOSE "
-    "files (dose = stored value x DoseGridScaling, in the file's DoseUnits) and prints one JSON object."
+    "Check an image before a run. Reads NIfTI (-1 and -2)/NRRD/MHA files, DICOM series folders and DICOM RTDOSE "
+    "files (dose = stored value x DoseGridScaling, in the file's DoseUnits) and prints one JSON object. "
+    "Truncated or corrupt files, NaN/infinite voxels and irregular DICOM series (missing or repeated slices, "
+    "uneven spacing, mixed orientations or sizes) are refused as they would be in a run; for an RTDOSE, "
+    "'usable_as_dose' and 'dose_problems' say whether it can be the dose channel (the planned total physical dose)."
 )
 
 
