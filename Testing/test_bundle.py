@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from RICENetLib.bundle import BUNDLE_FILE, BundleFold, load_bundle, write_bundle
+from RICENetLib.bundle import BUNDLE_FILE, CHECKSUM_KEY, BundleFold, header_checksum, load_bundle, write_bundle
 from RICENetLib.errors import BundleError, InputError
 from RICENetLib.model import build_network, default_architecture
 
@@ -35,9 +35,12 @@ def make_bundle(path: Path, channels: int = 3, n_folds: int = 2, **kwargs) -> tu
     return path, networks
 
 
-def edit_header(bundle: Path, change) -> None:
+def edit_header(bundle: Path, change, seal: bool = True) -> None:
+    """Edit bundle.json; with ``seal`` also re-seal it, as a deliberate edit (or a careful attacker) would."""
     header = json.loads((bundle / BUNDLE_FILE).read_text(encoding="utf-8"))
     change(header)
+    if seal:
+        header[CHECKSUM_KEY] = header_checksum(header)
     (bundle / BUNDLE_FILE).write_text(json.dumps(header))
 
 

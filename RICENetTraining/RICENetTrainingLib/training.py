@@ -51,7 +51,7 @@ import torch
 from RICENetLib import CLASS_NAMES, MODALITIES
 from RICENetLib.atomic import write_text
 from RICENetLib.cohort import Case
-from RICENetLib.errors import InputError, reject_unknown_keys
+from RICENetLib.errors import InputError, OutputError, reject_unknown_keys
 from RICENetLib.metrics import classification_metrics, mean_sd
 from RICENetLib.progress import Progress, as_progress
 
@@ -298,7 +298,12 @@ class _FoldTrainer:
                         "samples_per_epoch": self._samples_per_epoch(),
                         "generator_seed": "derive_seed(seed, fold, epoch, 'sampler')"},
         }
-        save_checkpoint(self.checkpoint, state)
+        try:
+            save_checkpoint(self.checkpoint, state)
+        except OutputError as error:
+            kept = (f"The checkpoint of epoch {self.epoch - 1} is kept; make room and run again with resume "
+                    "to continue from it." if self.checkpoint.exists() else "No epoch of this fold was saved.")
+            raise OutputError(f"Fold {self.fold}, epoch {self.epoch}: {error} {kept}") from None
         write_text(self.dir / "log.csv", history_csv(self.history))
 
     # -- epochs ----------------------------------------------------------------------------------------------
