@@ -334,3 +334,14 @@ def test_full_disk_at_the_first_checkpoint_leaves_no_empty_fold_folder(tmp_path)
                                          "larger than this file system or process allows). Nothing was written "
                                          "there; what was there before is unchanged. No epoch of this fold was saved."]
     assert not out.exists() and sorted(p.name for p in (tmp_path / "b.work").iterdir()) == ["folds.json"]
+
+
+def test_a_diverging_fold_stops_before_its_checkpoint_is_spoilt(tmp_path):
+    """A learning rate of 1e30: one step blows the weights up, the next epoch's loss is NaN. Stop, naming the
+    fold and epoch, before that epoch's checkpoint replaces the last usable one."""
+    cases, arrays = make_cohort(2, 2, size=16)
+    with pytest.raises(InputError, match=r"Fold 0 diverged in epoch 2: the training loss is nan; "
+                                         r"the checkpoint of epoch 1 is kept\. Lower the learning rate \(now 1e\+30\)"):
+        train_ensemble(cases, tmp_path / "b", _tiny(epochs=3, learning_rate=1e30, augment=False), load=loader(arrays))
+    assert not (tmp_path / "b").exists()
+    assert load_checkpoint(tmp_path / "b.work" / "fold0" / "checkpoint.safetensors")["epoch"] == 1

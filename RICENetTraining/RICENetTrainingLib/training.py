@@ -387,6 +387,12 @@ class _FoldTrainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = row["learning_rate"]
             row.update(self._train_epoch(epoch, epoch_report))
+            if not math.isfinite(row["train_loss"]):
+                # Saving would replace a usable checkpoint by NaN weights that no bundle can hold.
+                kept = f"the checkpoint of epoch {self.epoch} is kept" if self.epoch else "nothing was saved"
+                raise InputError(f"Fold {self.fold} diverged in epoch {epoch + 1}: the training loss is "
+                                 f"{row['train_loss']}; {kept}. Lower the learning rate (now {p.learning_rate:g})"
+                                 f"{' or turn off bf16' if p.bf16 else ''} and start afresh in another output.")
             row.update(self._validate())
             row["seconds"] = round(time.perf_counter() - began, 3)
             self.epoch = epoch + 1
