@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import OutputError
+from .errors import OutputError, RICENetError
 
 #: Failures that can only come from writing: reported as :class:`OutputError` naming the target.
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
@@ -97,7 +97,7 @@ def write_failures(path: str | os.PathLike, *folders: str | os.PathLike) -> Iter
     """
     try:
         yield
-    except OutputError:
+    except RICENetError:  # already a message for the user (a bundle that does not load back, a cancel...)
         raise
     except Exception as error:
         made = output_error(path, error)
