@@ -391,3 +391,18 @@ def test_bundle_writer_killed_midway_leaves_nothing_after_the_next_write(good_bu
     make_bundle(tmp_path / "out", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     load_bundle(tmp_path / "out")
+
+
+def test_a_folder_others_may_not_enter_is_not_reported_as_missing_bundle_json(bundle_copy, monkeypatch):
+    import errno
+    import os
+
+    stat = Path.stat
+
+    def denied(self, **kwargs):
+        if self == bundle_copy / BUNDLE_FILE:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return stat(self, **kwargs)
+    monkeypatch.setattr(Path, "stat", denied)
+    with pytest.raises(BundleError, match=r"bundle.json cannot be read \(Permission denied\)"):
+        load_bundle(bundle_copy)

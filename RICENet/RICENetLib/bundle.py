@@ -367,6 +367,12 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_dir():
         raise BundleError(f"{where} does not exist or is not a folder.")
     header_path = path / BUNDLE_FILE
+    try:
+        header_path.stat()
+    except PermissionError as error:  # a folder others may not enter: not "there is no bundle.json"
+        raise _unreadable(header_path, error) from None
+    except OSError:
+        pass
     if not header_path.is_file():
         raise BundleError(f"{where} has no {BUNDLE_FILE}; it is not a RICE-NET model bundle.")
     try:
