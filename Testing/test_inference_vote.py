@@ -77,3 +77,30 @@ def test_html_report_is_self_contained():
     assert "data:image/png;base64," in page and "Recurrence — 4 of 5 folds" in page
     assert "a &lt;b&gt;.nii.gz" in page, "inputs are escaped"
     assert "http://" not in page and "https://" not in page, "no external resources"
+
+
+def test_a_fold_with_a_non_finite_output_is_an_error_naming_the_fold():
+    """A NaN fold is not a vote: no verdict 'Recurrence — 2 of 2 folds, mean p = nan'."""
+    from RICENetLib.errors import BundleError
+
+    probabilities = np.array([[0.9, 0.1], [np.nan, np.nan], [0.8, 0.2], [np.inf, 0.0]])
+    with pytest.raises(BundleError, match=r"Model bundle b/: folds 3, 5 gave a non-finite output"):
+        combine_folds(probabilities, CLASSES, [0, 3, 4, 5], source="Model bundle b/")
+
+
+def test_an_overflowing_network_is_refused_not_counted():
+    """Finite but extreme weights: the real network's logits overflow to inf, softmax gives NaN."""
+    import torch
+
+    from RICENetLib.errors import BundleError
+    from RICENetLib.inference import fold_probabilities
+    from RICENetLib.model import build_network, default_architecture
+
+    torch.manual_seed(0)
+    models = [build_network(dict(default_architecture(3), widen_factor=0.125)).eval() for _ in range(2)]
+    with torch.no_grad():
+        models[1].fc.weight.abs_().mul_(1e38)  # both logits +inf: softmax of inf - inf
+    probabilities = fold_probabilities(models, torch.randn(3, 16, 16, 16), torch.device("cpu"))
+    assert np.isfinite(probabilities[0]).all() and not np.isfinite(probabilities[1]).all()
+    with pytest.raises(BundleError, match="fold 1 gave a non-finite output"):
+        combine_folds(probabilities, CLASSES, [0, 1])

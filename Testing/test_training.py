@@ -287,3 +287,61 @@ def test_bf16_channels_last_and_cpu_side_augmentation_run(tmp_path):
     result = train_ensemble(cases, tmp_path / "b", params, load=loader(arrays))
     assert result.bundle is not None
     assert all(v.dtype != torch.bfloat16 for v in result.folds[0].state_dict.values())  # weights stay float32
+
+
+def test_checkpoint_write_on_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """Writes past RLIMIT_FSIZE fail with EFBIG in the child, as on a full disk."""
+    from test_atomic import run_child
+
+    path = tmp_path / "fold0" / "checkpoint.safetensors"
+    save_checkpoint(path, {"epoch": 1, "weights": torch.zeros(10)})
+    child = run_child("""
+        import sys, torch
+        from RICENetLib.errors import RICENetError
+        from RICENetTrainingLib.checkpoint import save_checkpoint
+        try:
+            save_checkpoint(sys.argv[1], {"epoch": 2, "weights": torch.zeros(100_000)})
+        except RICENetError as error:
+            print(error)
+    """, str(path), fsize_limit=100_000)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.splitlines() == [f"Cannot write {path}: File too large (the file is larger than this file "
+                                         "system or process allows). Nothing was written there; what was there "
+                                         "before is unchanged."]
+    assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_full_disk_at_the_first_checkpoint_leaves_no_empty_fold_folder(tmp_path):
+    from test_atomic import run_child
+
+    out = tmp_path / "b"
+    child = run_child("""
+        import sys
+        sys.path.insert(0, sys.argv[2])
+        from training_data import loader, make_cohort, tiny_architecture
+        from RICENetLib.errors import RICENetError
+        from RICENetTrainingLib.training import TrainingParameters, train_ensemble
+        cases, arrays = make_cohort(2, 2, size=16)
+        params = TrainingParameters(n_folds=2, epochs=1, batch_size=2, architecture=tiny_architecture(), augment=False)
+        try:
+            train_ensemble(cases, sys.argv[1], params, load=loader(arrays))
+        except RICENetError as error:
+            print(error)
+    """, str(out), str(Path(__file__).parent), fsize_limit=300_000)
+    assert child.returncode == 0, child.stderr
+    checkpoint = tmp_path / "b.work" / "fold0" / "checkpoint.safetensors"
+    assert child.stdout.splitlines() == [f"Fold 0, epoch 1: Cannot write {checkpoint}: File too large (the file is "
+                                         "larger than this file system or process allows). Nothing was written "
+                                         "there; what was there before is unchanged. No epoch of this fold was saved."]
+    assert not out.exists() and sorted(p.name for p in (tmp_path / "b.work").iterdir()) == ["folds.json"]
+
+
+def test_a_diverging_fold_stops_before_its_checkpoint_is_spoilt(tmp_path):
+    """A learning rate of 1e30: one step blows the weights up, the next epoch's loss is NaN. Stop, naming the
+    fold and epoch, before that epoch's checkpoint replaces the last usable one."""
+    cases, arrays = make_cohort(2, 2, size=16)
+    with pytest.raises(InputError, match=r"Fold 0 diverged in epoch 2: the training loss is nan; "
+                                         r"the checkpoint of epoch 1 is kept\. Lower the learning rate \(now 1e\+30\)"):
+        train_ensemble(cases, tmp_path / "b", _tiny(epochs=3, learning_rate=1e30, augment=False), load=loader(arrays))
+    assert not (tmp_path / "b").exists()
+    assert load_checkpoint(tmp_path / "b.work" / "fold0" / "checkpoint.safetensors")["epoch"] == 1

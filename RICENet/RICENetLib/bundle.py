@@ -20,6 +20,15 @@ tensor's name and shape against the network the architecture describes, so a
 tampered, truncated, renamed or mismatched file is refused with a
 :class:`~RICENetLib.errors.BundleError` before any network sees it.
 
+``bundle.json`` itself carries ``bundle_sha256``: the SHA-256 of its own content
+in a canonical form (:func:`header_checksum`: every other key, sorted, compact,
+UTF-8). An edit after the bundle was written (another preprocessing, input
+size, class order...) changes what the weights mean, so it is refused until
+someone re-seals the file on purpose with ``ricenet bundle sign BUNDLE``
+(:func:`sign_bundle`), which validates the whole bundle and prints what it
+seals. The seal is a checksum, not a signature with a key: it catches edits
+made unknowingly, not a forger who re-seals.
+
 >>> bundle = load_bundle("models/ricenet")                     # doctest: +SKIP
 >>> bundle.modalities, bundle.input_size                       # doctest: +SKIP
 (('postop', 'event', 'dose'), (224, 224, 224))
@@ -42,13 +51,18 @@ import torch
 
 from . import CLASS_NAMES, MODALITIES, __version__
 from .atomic import atomic_directory, write_json
-from .errors import BundleError
+from .errors import BundleError, RICENetError
 
 BUNDLE_FORMAT = "ricenet-bundle"
 #: The bundle format this version writes; it reads every version in :data:`READABLE_FORMAT_VERSIONS`.
 BUNDLE_FORMAT_VERSION = 1
 READABLE_FORMAT_VERSIONS = (1,)
 BUNDLE_FILE = "bundle.json"
+#: The key of ``bundle.json`` that holds the SHA-256 of the rest of it (:func:`header_checksum`).
+CHECKSUM_KEY = "bundle_sha256"
+#: ``bundle.json`` is a description, not data: one far larger than this is not a bundle's.
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+SIGN_COMMAND = "ricenet bundle sign"
 
 _WEIGHTS_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.safetensors$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -143,6 +157,9 @@ def write_bundle(
     from safetensors.torch import save_file
 
     modalities = tuple(modalities)
+    preprocessing = dict(preprocessing)
+    # The network was trained on input_size: a bundle that leaves it to the preprocessing default would lie.
+    preprocessing.setdefault("input_size", [int(v) for v in input_size])
     header = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
@@ -158,6 +175,7 @@ def write_bundle(
         "software": software_versions(),
     }
     _check_header(header, f"Bundle {path}")
+    _check_preprocessing(header, f"Bundle {path}")
     if not folds:
         raise BundleError(f"Bundle {path}: no folds to write.")
     path = Path(path)
@@ -180,22 +198,38 @@ def write_bundle(
             if name == BUNDLE_FILE or _WEIGHTS_NAME.match(name) or "/" in name or name.startswith("."):
                 raise BundleError(f"Bundle {path}: extra file name '{name}' is reserved or not a plain name.")
             shutil.copyfile(source, tmp / name)
-        write_json(tmp / BUNDLE_FILE, _jsonable(header))
-        load_bundle(tmp)
+        header = _jsonable(header)
+        header[CHECKSUM_KEY] = header_checksum(header)
+        write_json(tmp / BUNDLE_FILE, header)
+        try:
+            load_bundle(tmp)
+        except BundleError as error:  # name the bundle, not its temporary folder
+            raise BundleError(str(error).replace(str(tmp), str(path))) from None
     return path
 
 
 def _jsonable(value: Any) -> Any:
-    """NaN is not JSON: store it as null."""
+    """NaN and Infinity are not JSON: store them as null (e.g. the AUC of a one-class fold)."""
     import math
 
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+def header_checksum(metadata: Mapping[str, Any]) -> str:
+    """SHA-256 of ``bundle.json``'s content without :data:`CHECKSUM_KEY`: keys sorted, compact, UTF-8.
+
+    The same content gives the same checksum whatever the indentation or key
+    order of the file, so only a change of meaning breaks the seal.
+    """
+    content = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _sha256(path: Path) -> str:
@@ -256,32 +290,144 @@ class ModelBundle:
         return f"ModelBundle({self.id!r}, folds={len(self.folds)}, modalities={self.modalities})"
 
 
-def load_bundle(path: str | os.PathLike) -> ModelBundle:
-    """Read and validate a bundle folder; every problem is a :class:`BundleError` naming the file."""
+def load_bundle(path: str | os.PathLike, *, verify_checksum: bool = True) -> ModelBundle:
+    """Read and validate a bundle folder; every problem is a :class:`BundleError` naming the file.
+
+    ``verify_checksum=False`` is for :func:`sign_bundle` alone: it validates
+    everything except the seal of ``bundle.json``.
+    """
+    path = Path(path)
+    header_path = path / BUNDLE_FILE
+    metadata = read_header(path)
+    _check_format(metadata, str(header_path))
+    if verify_checksum:
+        _check_checksum(metadata, path)
+    _check_header(metadata, str(header_path))
+    _check_preprocessing(metadata, str(header_path))
+    expected = _expected_shapes(metadata["architecture"], str(header_path))
+    raw_folds = metadata.get("folds")
+    if not isinstance(raw_folds, list) or not raw_folds:
+        raise BundleError(f"{header_path} lists no folds.")
+    _check_fold_entries(raw_folds, str(header_path))
+    _check_memory(metadata, path)
+    folds = [_load_fold(path, entry, expected, str(header_path)) for entry in raw_folds]
+    return ModelBundle(path, metadata, sorted(folds, key=lambda f: f.index))
+
+
+def sign_bundle(path: str | os.PathLike) -> tuple[ModelBundle, str]:
+    """Seal ``bundle.json`` as it is now, after validating the whole bundle; returns it and the old seal's state.
+
+    The state is ``"missing"`` (a bundle from before seals, or the key was
+    removed), ``"changed"`` (the content was edited) or ``"valid"`` (nothing
+    to do; the file is left untouched). Everything else is checked as by
+    :func:`load_bundle`, so a bundle that cannot load is never sealed.
+    """
+    path = Path(path)
+    metadata = read_header(path)
+    _check_format(metadata, str(path / BUNDLE_FILE))
+    bundle = load_bundle(path, verify_checksum=False)
+    checksum = header_checksum(metadata)
+    recorded = metadata.get(CHECKSUM_KEY)
+    state = "missing" if recorded is None else "valid" if recorded == checksum else "changed"
+    if state != "valid":
+        sealed = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
+        sealed[CHECKSUM_KEY] = checksum
+        write_json(path / BUNDLE_FILE, sealed)
+        bundle.metadata = sealed
+    return bundle, state
+
+
+def describe_bundle(bundle: ModelBundle) -> list[str]:
+    """What a bundle says, line by line: what ``ricenet bundle sign``/``verify`` show before a person trusts it."""
+    meta = bundle.metadata
+    lines = [
+        f"bundle        {bundle.path}",
+        f"id            {bundle.id}",
+        f"created       {meta.get('created', '?')} with ricenet {meta.get('software', {}).get('ricenet', '?')}",
+        f"modalities    {', '.join(bundle.modalities)} (channel order)",
+        f"classes       {', '.join(bundle.class_names)} (output order)",
+        f"input size    {' × '.join(map(str, bundle.input_size))} voxels",
+        f"architecture  {json.dumps(bundle.architecture, sort_keys=True)}",
+        f"preprocessing {json.dumps(bundle.preprocessing, sort_keys=True)}",
+        f"seed          {meta.get('seed')}",
+    ]
+    for fold in bundle.folds:
+        f1 = fold.metrics.get("macro_f1")
+        lines.append(f"fold {fold.index:<8} {fold.weights} sha256 {fold.sha256[:16]}…, epoch {fold.epoch}, "
+                     f"validation macro F1 {f1 if f1 is None else round(f1, 3)}, "
+                     f"{len(fold.validation_patients)} validation patient(s)")
+    lines.append(f"{CHECKSUM_KEY} {meta.get(CHECKSUM_KEY)}")
+    return lines
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """``bundle.json`` parsed as strict JSON (no NaN, no repeated keys), not yet validated."""
     path = Path(path)
     where = f"Model bundle {path}"
     if not path.is_dir():
         raise BundleError(f"{where} does not exist or is not a folder.")
     header_path = path / BUNDLE_FILE
+    try:
+        header_path.stat()
+    except PermissionError as error:  # a folder others may not enter: not "there is no bundle.json"
+        raise _unreadable(header_path, error) from None
+    except OSError:
+        pass
     if not header_path.is_file():
         raise BundleError(f"{where} has no {BUNDLE_FILE}; it is not a RICE-NET model bundle.")
     try:
-        metadata = json.loads(header_path.read_text(encoding="utf-8"))
+        size = header_path.stat().st_size
+        if size > MAX_HEADER_BYTES:
+            raise BundleError(f"{header_path} is {size / 2**20:.0f} MiB; a bundle description is a few kB "
+                              f"(at most {MAX_HEADER_BYTES // 2**20} MiB). This is not a RICE-NET bundle.json.")
+        raw = header_path.read_bytes()
+    except OSError as error:
+        raise _unreadable(header_path, error) from None
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_repeated_keys, parse_constant=_no_constants)
+    except RecursionError:
+        raise BundleError(f"{header_path} is nested too deeply to be a bundle description; the bundle is damaged.") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f"{header_path} is not valid JSON ({error}); the bundle is damaged.") from None
-    _check_header(metadata, str(header_path))
-    expected = _expected_shapes(metadata["architecture"], str(header_path))
-    raw_folds = metadata.get("folds")
-    if not isinstance(raw_folds, list) or not raw_folds:
-        raise BundleError(f"{header_path} lists no folds.")
-    folds = [_load_fold(path, entry, expected, str(header_path)) for entry in raw_folds]
-    indices = [f.index for f in folds]
-    if len(set(indices)) != len(indices):
-        raise BundleError(f"{header_path} lists a fold index twice ({indices}).")
-    return ModelBundle(path, metadata, sorted(folds, key=lambda f: f.index))
+    except ValueError as error:
+        raise BundleError(f"{header_path} is not strict JSON: {error}; the bundle is damaged or was edited by hand.") from None
 
 
-def _check_header(metadata: Any, where: str) -> None:
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Two values for one key would let two readers see two different bundles."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key '{key}' appears twice in one object")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _unreadable(file: Path, error: OSError) -> BundleError:
+    reason = error.strerror or str(error)
+    hint = (" Ask the bundle's owner to make it readable (chmod -R a+rX BUNDLE) or copy it to a folder of yours."
+            if isinstance(error, PermissionError) else "")
+    return BundleError(f"{file} cannot be read ({reason}).{hint}")
+
+
+def _check_checksum(metadata: dict[str, Any], path: Path) -> None:
+    header_path = path / BUNDLE_FILE
+    recorded = metadata.get(CHECKSUM_KEY)
+    if recorded is None:
+        raise BundleError(f"{header_path} has no {CHECKSUM_KEY}: it was written before bundle descriptions were "
+                          f"sealed, or the seal was removed. Check its content, then run "
+                          f"'{SIGN_COMMAND} {path}' to seal it.")
+    if not isinstance(recorded, str) or not _SHA256.match(recorded) or recorded != header_checksum(metadata):
+        raise BundleError(f"{header_path} was changed after the bundle was written (its content no longer matches "
+                          f"its {CHECKSUM_KEY}). An edit can change what the model means, so it is refused. Restore "
+                          f"the original, or, if the edit is deliberate, run '{SIGN_COMMAND} {path}' to seal it.")
+
+
+def _check_format(metadata: Any, where: str) -> None:
     if not isinstance(metadata, dict) or metadata.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{where} is not a RICE-NET bundle description (its 'format' is not '{BUNDLE_FORMAT}').")
     version = metadata.get("format_version")
@@ -292,18 +438,27 @@ def _check_header(metadata: Any, where: str) -> None:
         raise BundleError(f"{where} has bundle format version {version}; this RICE-NET ({__version__}) reads "
                           f"version(s) {', '.join(map(str, READABLE_FORMAT_VERSIONS))}."
                           + (" Update the extension to use this bundle." if newer else ""))
+
+
+def _check_header(metadata: Any, where: str) -> None:
+    _check_format(metadata, where)
     modalities = metadata.get("modalities")
     if (not isinstance(modalities, list) or not modalities or any(m not in MODALITIES for m in modalities)
             or list(modalities) != [m for m in MODALITIES if m in modalities]):
         raise BundleError(f"{where}: 'modalities' must be a non-empty subset of {', '.join(MODALITIES)} "
                           f"in that order (got {modalities!r}).")
     classes = metadata.get("class_names")
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
-        raise BundleError(f"{where}: 'class_names' must list at least two class names (got {classes!r}).")
+    if (not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c.strip() for c in classes)
+            or len(set(classes)) != len(classes)):
+        raise BundleError(f"{where}: 'class_names' must list at least two different, non-empty class names "
+                          f"(got {classes!r}).")
     size = metadata.get("input_size")
     if (not isinstance(size, list) or len(size) != 3
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
         raise BundleError(f"{where}: 'input_size' must be three positive integers (got {size!r}).")
+    seed = metadata.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise BundleError(f"{where}: 'seed' must be an integer (got {seed!r}).")
     if not isinstance(metadata.get("preprocessing"), dict):
         raise BundleError(f"{where}: 'preprocessing' must be an object of preprocessing parameters.")
     architecture = metadata.get("architecture")
@@ -316,6 +471,94 @@ def _check_header(metadata: Any, where: str) -> None:
     if architecture.get("num_classes") != len(classes):
         raise BundleError(f"{where}: the network has {architecture.get('num_classes')} outputs but "
                           f"{len(classes)} class names.")
+    for key, value in architecture.items():
+        if key != "name" and not all(_plain_argument(v) for v in (value if isinstance(value, list) else [value])):
+            raise BundleError(f"{where}: architecture argument '{key}' = {value!r} is not a plain value this "
+                              "network takes (numbers from 0 to 4096, short names, true/false).")
+
+
+def _plain_argument(value: Any) -> bool:
+    import math
+
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, str):
+        return len(value) <= 64
+    return isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 4096
+
+
+def _check_preprocessing(metadata: dict[str, Any], where: str) -> None:
+    """The preprocessing must be one this version runs, and must make the input the network was trained on."""
+    from .preprocessing import PreprocessParameters
+
+    try:
+        parameters = PreprocessParameters.from_dict(metadata["preprocessing"])
+    except (RICENetError, TypeError, ValueError) as error:
+        raise BundleError(f"{where}: its preprocessing cannot be used ({error}).") from None
+    if tuple(parameters.size_zyx) != tuple(metadata["input_size"]):
+        raise BundleError(f"{where}: the preprocessing makes inputs of {list(parameters.size_zyx)} voxels but the "
+                          f"network was trained on 'input_size' {metadata['input_size']}.")
+
+
+def _check_fold_entries(entries: list[Any], where: str) -> None:
+    """Types of every fold entry, and no two folds on one index or one weights file."""
+    indices, names = [], []
+    for entry in entries:
+        if (not isinstance(entry, dict) or not isinstance(entry.get("index"), int) or isinstance(entry["index"], bool)
+                or entry["index"] < 0):
+            raise BundleError(f"{where}: a fold entry has no non-negative integer 'index'.")
+        index = entry["index"]
+        for key in ("train_patients", "validation_patients"):
+            value = entry.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise BundleError(f"{where}: fold {index}: '{key}' must be a list of patient ids.")
+        metrics = entry.get("metrics", {})
+        if not isinstance(metrics, dict) or not all(
+                v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
+            raise BundleError(f"{where}: fold {index}: 'metrics' must map names to numbers.")
+        epoch = entry.get("epoch")
+        if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
+            raise BundleError(f"{where}: fold {index}: 'epoch' must be a non-negative integer (got {epoch!r}).")
+        indices.append(index)
+        names.append(entry.get("weights"))
+    if len(set(indices)) != len(indices):
+        raise BundleError(f"{where} lists a fold index twice ({indices}).")
+    repeated = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+    if repeated:
+        raise BundleError(f"{where}: folds share the weights file {repeated[0]}; each fold needs its own model.")
+
+
+def available_memory_bytes() -> int:
+    """The most memory one forward pass could have here: physical RAM, or a visible GPU's if larger."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a generous workstation
+        ram = 256 * 2**30
+    best = int(ram)
+    if torch.cuda.is_available():
+        for number in range(torch.cuda.device_count()):
+            best = max(best, int(torch.cuda.get_device_properties(number).total_memory))
+    return best
+
+
+def _check_memory(metadata: dict[str, Any], path: Path) -> None:
+    from .model import forward_memory_bytes
+
+    size = tuple(metadata["input_size"])
+    need = forward_memory_bytes(metadata["architecture"], size)  # type: ignore[arg-type]
+    have = available_memory_bytes()
+    if need > 2 * have:  # the estimate may be up to 2× high: refuse only what cannot fit even then
+        raise BundleError(f"Model bundle {path}: its input size {'×'.join(map(str, size))} needs about "
+                          f"{_bytes(need)} of memory for one forward pass (at least {_bytes(need / 2)}), more than this machine has "
+                          f"({_bytes(have)}). Its {BUNDLE_FILE} is wrong, or the bundle needs a larger machine.")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 def _expected_shapes(architecture: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
@@ -346,7 +589,10 @@ def _load_fold(path: Path, entry: Any, expected: dict[str, tuple[int, ...]], whe
     file = path / name
     if not file.is_file():
         raise BundleError(f"Model bundle {path}: the weights of fold {index} ({name}) are missing.")
-    data = file.read_bytes()
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise _unreadable(file, error) from None
     if hashlib.sha256(data).hexdigest() != checksum:
         raise BundleError(f"{file} does not match the SHA-256 recorded in {BUNDLE_FILE}: the file was changed "
                           "or damaged after the bundle was written. Refusing to load it.")
@@ -371,6 +617,10 @@ def _load_fold(path: Path, entry: Any, expected: dict[str, tuple[int, ...]], whe
                         f"the bundle's {shape[1]})")
             raise BundleError(f"{file}: tensor {key} has shape {list(tensors[key].shape)} but the bundle's "
                               f"architecture needs {list(shape)}{hint}.")
+        tensor = tensors[key]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BundleError(f"{file}: tensor {key} holds NaN or infinite values, so fold {index} cannot give a "
+                              "probability (the training diverged, or the file was made wrongly). Refusing to load it.")
     metrics = entry.get("metrics") if isinstance(entry.get("metrics"), dict) else {}
     return BundleFold(index, tuple(entry.get("train_patients") or ()), tuple(entry.get("validation_patients") or ()),
                       metrics, entry.get("epoch"), name, checksum, tensors)

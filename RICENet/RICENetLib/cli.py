@@ -26,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "RICENetTrainingLib.commands.train",
     "RICENetTrainingLib.commands.ablate",
     "RICENetLib.commands.predict",
+    "RICENetLib.commands.bundle",
 )
 
 

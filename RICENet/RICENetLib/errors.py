@@ -23,6 +23,18 @@ class BundleError(RICENetError, ValueError):
     """A model bundle is missing, incomplete, corrupt or incompatible."""
 
 
+class OutputError(RICENetError, OSError):
+    """A result cannot be written (disk full, file too large, no permission, read-only).
+
+    Also an :class:`OSError`, so callers that already catch write failures keep
+    working; the message names the file and what to do. What was there before
+    is left as it was.
+    """
+
+    def __str__(self) -> str:  # the message as written, not OSError's "[Errno N] ..." form
+        return str(self.args[0]) if self.args else ""
+
+
 class PreprocessingError(RICENetError, RuntimeError):
     """A preprocessing step (registration, skull stripping, ...) failed."""
 

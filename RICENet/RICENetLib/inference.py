@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .errors import InputError
+from .errors import BundleError, InputError
 from .progress import as_progress
 
 
@@ -99,9 +99,29 @@ def fold_probabilities(models: Sequence[torch.nn.Module], image: torch.Tensor, d
         return np.stack([torch.softmax(m(batch).float(), dim=1)[0].cpu().numpy() for m in models])
 
 
-def combine_folds(probabilities: np.ndarray, class_names: Sequence[str], fold_ids: Sequence[int]) -> dict[str, Any]:
-    """Majority vote over folds; a tied vote goes to the class with the higher mean probability."""
+def check_fold_outputs(probabilities: np.ndarray, fold_ids: Sequence[int], source: str = "The model bundle") -> None:
+    """A fold whose output is NaN or infinite has no opinion to count: refuse instead of voting with it.
+
+    Finite inputs and finite weights (the loader checks them) can still
+    overflow inside a network whose weights are extreme; the error names the fold.
+    """
+    bad = [int(f) for f, row in zip(fold_ids, np.asarray(probabilities, dtype=np.float64)) if not np.isfinite(row).all()]
+    if bad:
+        folds = ", ".join(map(str, bad))
+        raise BundleError(f"{source}: fold{'s' if len(bad) > 1 else ''} {folds} gave a non-finite output (NaN or "
+                          f"infinity) for this case, so no prediction is made. The fold's weights are unusable "
+                          "(a training that diverged?) or the input holds extreme values; check the inputs, "
+                          "or use a bundle without that fold.")
+
+
+def combine_folds(probabilities: np.ndarray, class_names: Sequence[str], fold_ids: Sequence[int],
+                  source: str = "The model bundle") -> dict[str, Any]:
+    """Majority vote over folds; a tied vote goes to the class with the higher mean probability.
+
+    A non-finite output is a :class:`~RICENetLib.errors.BundleError` naming the fold (see :func:`check_fold_outputs`).
+    """
     probabilities = np.asarray(probabilities, dtype=np.float64)
+    check_fold_outputs(probabilities, fold_ids, source)
     labels = probabilities.argmax(axis=1)
     votes = np.bincount(labels, minlength=len(class_names))
     mean = probabilities.mean(axis=0)
@@ -188,8 +208,14 @@ def predict_case(
     tick = time.perf_counter()
     models = bundle.models(run_device)
     image = torch.from_numpy(np.ascontiguousarray(prepared.stack(bundle.modalities)))
+    finite = torch.isfinite(image).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        names = [m for m, ok in zip(bundle.modalities, finite.tolist()) if not ok]
+        raise InputError(f"The preprocessed {', '.join(names)} channel holds NaN or infinite values; check that "
+                         f"input image ({', '.join(names)}) for missing or extreme voxel values.")
     probabilities = fold_probabilities(models, image, run_device)
-    combined = combine_folds(probabilities, bundle.class_names, [f.index for f in bundle.folds])
+    combined = combine_folds(probabilities, bundle.class_names, [f.index for f in bundle.folds],
+                             source=f"Model bundle {bundle.path}")
     timings["ensemble"] = time.perf_counter() - tick
     prediction = EnsemblePrediction(
         bundle_id=bundle.id,

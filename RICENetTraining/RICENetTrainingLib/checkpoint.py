@@ -9,7 +9,11 @@ from elsewhere cannot run code either.
 
 The file is written beside its final name and renamed over it
 (:func:`RICENetLib.atomic.atomic_path`): a run killed at any moment, even
-while saving, leaves the previous epoch's checkpoint intact.
+while saving, leaves the previous epoch's checkpoint intact. A write that
+fails (disk full, file too large, no permission) is a one-line
+:class:`~RICENetLib.errors.OutputError` naming the file; the previous
+checkpoint stays, and a fold folder made for the first checkpoint goes again,
+so no empty fold folder is left behind.
 
 >>> save_checkpoint("fold0/checkpoint.safetensors", {"epoch": 3, "model": net.state_dict()})  # doctest: +SKIP
 >>> load_checkpoint("fold0/checkpoint.safetensors")["epoch"]                                    # doctest: +SKIP
@@ -18,6 +22,7 @@ while saving, leaves the previous epoch's checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -83,8 +88,15 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     tree = _encode(state, tensors, "state")
     header = json.dumps({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION, "state": tree})
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={_METADATA_KEY: header})
+    new_folder = not path.parent.exists()
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={_METADATA_KEY: header})
+    except BaseException:
+        if new_folder:
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only if empty: nothing else was written there
+        raise
     return path
 
 

@@ -51,7 +51,7 @@ import torch
 from RICENetLib import CLASS_NAMES, MODALITIES
 from RICENetLib.atomic import write_text
 from RICENetLib.cohort import Case
-from RICENetLib.errors import InputError, reject_unknown_keys
+from RICENetLib.errors import InputError, OutputError, reject_unknown_keys
 from RICENetLib.metrics import classification_metrics, mean_sd
 from RICENetLib.progress import Progress, as_progress
 
@@ -298,7 +298,12 @@ class _FoldTrainer:
                         "samples_per_epoch": self._samples_per_epoch(),
                         "generator_seed": "derive_seed(seed, fold, epoch, 'sampler')"},
         }
-        save_checkpoint(self.checkpoint, state)
+        try:
+            save_checkpoint(self.checkpoint, state)
+        except OutputError as error:
+            kept = (f"The checkpoint of epoch {self.epoch - 1} is kept; make room and run again with resume "
+                    "to continue from it." if self.checkpoint.exists() else "No epoch of this fold was saved.")
+            raise OutputError(f"Fold {self.fold}, epoch {self.epoch}: {error} {kept}") from None
         write_text(self.dir / "log.csv", history_csv(self.history))
 
     # -- epochs ----------------------------------------------------------------------------------------------
@@ -382,6 +387,12 @@ class _FoldTrainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = row["learning_rate"]
             row.update(self._train_epoch(epoch, epoch_report))
+            if not math.isfinite(row["train_loss"]):
+                # Saving would replace a usable checkpoint by NaN weights that no bundle can hold.
+                kept = f"the checkpoint of epoch {self.epoch} is kept" if self.epoch else "nothing was saved"
+                raise InputError(f"Fold {self.fold} diverged in epoch {epoch + 1}: the training loss is "
+                                 f"{row['train_loss']}; {kept}. Lower the learning rate (now {p.learning_rate:g})"
+                                 f"{' or turn off bf16' if p.bf16 else ''} and start afresh in another output.")
             row.update(self._validate())
             row["seconds"] = round(time.perf_counter() - began, 3)
             self.epoch = epoch + 1
