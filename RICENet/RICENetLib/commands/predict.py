@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 from pathlib import Path
 
 NAME = "predict"
@@ -31,8 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --occlusion: step between boxes in model voxels instead of the preset's")
     parser.add_argument("--occlusion-precision", choices=("float32", "tf32", "float16"), default=None,
                         help="with --occlusion: arithmetic of the map (default: tf32 on CUDA, torch's default for "
-                        "convolutions there; float32 elsewhere). float32 is exact; tf32 is faster on a GPU, float16 "
-                        "perhaps faster still (not yet timed on one); neither is exact (README, 'Occlusion precision')")
+                        "convolutions there; float32 elsewhere). float32 is exact; tf32 is faster on a GPU and float16 "
+                        "halves the memory there; neither is exact (README, 'Occlusion precision'). On a CPU without "
+                        "AVX-512 FP16 or AMX-FP16, float16 is emulated and about 100x slower than float32 (a warning "
+                        "says so)")
     parser.add_argument("--per-modality", action="store_true",
                         help="with --occlusion: also one map per channel (occlude one modality at a time)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -44,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_path
     from ..bundle import load_bundle
+    from ..cpu_half_precision import slow_half_precision_warning
     from ..errors import InputError
-    from ..inference import predict_case, resolve_occlusion
+    from ..inference import predict_case, resolve_occlusion, select_device
     from ..prediction_outputs import write_prediction
     from ..report import prediction_verdict
     from .progressbar import progress_bar
@@ -63,7 +67,12 @@ def run(args: argparse.Namespace) -> int:
     occlusion = resolve_occlusion(args.occlusion, per_modality=args.per_modality or None,
                                   mask_size=args.occlusion_mask, stride=args.occlusion_stride,
                                   precision=args.occlusion_precision)
-    options = dict(device=args.device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
+    device = select_device(args.device)
+    if occlusion is not None and occlusion.precision == "float16":
+        warning = slow_half_precision_warning("float16", device)
+        if warning:
+            logging.getLogger("ricenet").warning("--occlusion-precision float16: %s", warning)
+    options = dict(device=device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
 
     if not args.cohort:
         with progress_bar("predicting") as progress:
