@@ -37,3 +37,12 @@ def test_writing_names_the_folder_of_an_os_error(tmp_path):
     with pytest.raises(KeyError):  # not an operating-system error: untouched
         with writing(tmp_path):
             raise KeyError("bug")
+
+
+def test_demo_checks_its_out_first(tmp_path, capsys):
+    from RICENetLib.cli import main
+
+    (tmp_path / "file").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "file" / "demo")]) == 2
+    assert f"--out {tmp_path / 'file' / 'demo'} cannot be made: {tmp_path / 'file'} is a file" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
