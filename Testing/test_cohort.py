@@ -84,3 +84,30 @@ def test_written_table_reloads(images, tmp_path):
     out = write_cohort_csv(tmp_path / "elsewhere" / "copy.csv", cases)
     assert "../P1/postop.nii.gz" in out.read_text(encoding="utf-8")
     assert load_cohort(out) == cases
+
+
+@pytest.mark.parametrize("patient", ["../escape", "/tmp/abs", ".", "..", ".hidden", "a/b", "a\\b", "P 1", "NUL",
+                                     "com1.txt", "x" * 65, "é1"])
+def test_patient_ids_that_are_not_safe_folder_names_are_refused(images, patient):
+    """An id names OUT/<patient_id>/: '../x' or an absolute path would write (and replace) outside --out."""
+    path = _table(images, GOOD.replace("P2,RICE", f"{patient},RICE"))
+    with pytest.raises(InputError, match="line 3: patient_id '.*' is not usable as a folder name") as error:
+        load_cohort(path)
+    assert patient in str(error.value) and str(path) in str(error.value)
+
+
+def test_patient_ids_differing_only_in_case_are_refused(images):
+    """On macOS and Windows P1/ and p1/ are one folder: the second case would replace the first one's outputs."""
+    with pytest.raises(InputError, match="patients P1 and p1 differ only in upper/lower case"):
+        load_cohort(_table(images, GOOD.replace("P2,RICE", "p1,RICE")))
+    (images / "p2").mkdir()
+    for modality in ("postop", "event", "dose"):
+        (images / "p2" / f"{modality}.nii.gz").write_bytes(b"x")
+    with pytest.raises(InputError, match="Cohort folder .*patients P2 and p2 differ only"):
+        load_cohort(images, require_labels=False)
+
+
+def test_folder_cohort_sub_folder_names_are_checked(images):
+    (images / "P 3").mkdir()
+    with pytest.raises(InputError, match="sub-folder P 3: patient_id 'P 3' is not usable as a folder name"):
+        load_cohort(images, require_labels=False)

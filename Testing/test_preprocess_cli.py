@@ -87,3 +87,62 @@ def test_argument_errors(files, tmp_path, capsys):
     assert "not both" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["preprocess", "--input-size", "12,13", "--out", "x"])
+
+
+def _escaping_cohort(tmp_path, files, patient: str):
+    """A cohort table of one case whose patient_id tries to leave --out."""
+    table = tmp_path / "escape.csv"
+    table.write_text("patient_id,label,postop,event,dose\n"
+                     f"{patient},rice,{files['postop']},{files['event']},{files['dose']}\n", encoding="utf-8")
+    return table
+
+
+@pytest.mark.parametrize("patient", ["../outside", "/ABSOLUTE"])
+def test_cohort_id_cannot_write_outside_out(files, tmp_path, capsys, patient):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "keep.txt").write_text("mine")
+    patient = patient.replace("/ABSOLUTE", str(tmp_path / "outside"))
+    code = main(["preprocess", "--cohort", str(_escaping_cohort(tmp_path, files, patient)), "--out",
+                 str(tmp_path / "out"), *FAST, "--overwrite"])
+    assert code == 2 and f"line 2: patient_id '{patient}' is not usable as a folder name" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "outside").iterdir()] == ["keep.txt"] and not (tmp_path / "out").exists()
+
+
+def test_cohort_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
+    csv = write_cohort(tmp_path / "cohort", cases=2, seed=3, size=48)
+    out = tmp_path / "pre"
+    (out / "SYN002").mkdir(parents=True)
+    (out / "SYN002" / "notes.txt").write_text("a user's file")
+    for extra in ([], ["--overwrite"]):  # without --overwrite: not ours; with it: still not ours
+        assert main(["preprocess", "--cohort", str(csv), "--out", str(out), *FAST, *extra]) == 2
+        error = capsys.readouterr().err
+        assert str(out / "SYN002") in error and ("add --overwrite" in error if not extra else "notes.txt" in error)
+        assert (out / "SYN002" / "notes.txt").read_text() == "a user's file"
+        assert sorted(p.name for p in out.iterdir()) == ["SYN002"], "refused before any case was preprocessed"
+
+
+def test_overwrite_replaces_only_a_folder_of_its_own_outputs(files, tmp_path, capsys):
+    out = tmp_path / "documents"
+    out.mkdir()
+    (out / "thesis.docx").write_bytes(b"years of work")
+    assert main(_single(files, out, "--overwrite")) == 2
+    error = capsys.readouterr().err
+    assert "holds thesis.docx, which ricenet preprocess did not write" in error and error.count("\n") == 1
+    assert [p.name for p in out.iterdir()] == ["thesis.docx"]
+
+
+@pytest.mark.parametrize("where, message", [
+    ("file", "is a file, not a folder"),
+    ("under_file", "cannot be made: {parent} is a file, not a folder"),
+    ("/proc/ricenet-test-out", "cannot be written: No such file or directory"),
+])
+def test_unwritable_out_is_refused_before_the_work(files, tmp_path, capsys, monkeypatch, where, message):
+    import RICENetLib.preprocessing as preprocessing
+
+    monkeypatch.setattr(preprocessing, "preprocess_case", lambda *a, **k: pytest.fail("work began"))
+    (tmp_path / "file").write_text("x")
+    out = {"file": tmp_path / "file", "under_file": tmp_path / "file" / "out"}.get(where, where)
+    assert main(_single(files, out)) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"ricenet preprocess: error: --out {out} ") and error.count("\n") == 1
+    assert message.format(parent=tmp_path / "file") in error

@@ -73,3 +73,17 @@ def test_bad_options_are_named(cohort, tmp_path, capsys, arguments, message):
     except SystemExit as exit:  # argparse refuses malformed values itself
         code = exit.code
     assert code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, warned", [({"avx2"}, True), ({"avx2", "amx_bf16"}, False)])
+def test_bf16_on_a_cpu_without_native_support_is_warned_about(tmp_path, caplog, capsys, monkeypatch, flags, warned):
+    """Emulated bfloat16 is ~100x slower than float32: said before training (which fails here on a missing cohort)."""
+    import RICENetLib.cpu_half_precision as cpu
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
+    for command in ("train", "ablate"):
+        caplog.clear()
+        assert main([command, "--cohort", str(tmp_path / "none.csv"), "--out", str(tmp_path / "b"), "--device", "cpu",
+                     "--bf16", *QUICK]) == 2
+        assert ("--bf16: bfloat16 on the CPU: this CPU has no native bfloat16 arithmetic" in caplog.text) is warned
+        assert "does not exist" in capsys.readouterr().err

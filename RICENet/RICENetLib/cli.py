@@ -8,6 +8,7 @@ Each subcommand module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -41,6 +42,21 @@ def _available_commands() -> list[ModuleType]:
     return modules
 
 
+#: Errors of the machine, not of the program, even when no file name comes with them (a full disk on write()).
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                                errno.EIO})
+
+
+def os_error_message(error: OSError) -> str | None:
+    """One line for an operating-system error a user can act on (it names the file), or ``None`` for
+    one that is more likely a programming error (no file, an unusual errno): that keeps its traceback."""
+    if error.filename is None and error.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    text = error.strerror or str(error)
+    names = [str(n) for n in (error.filename, error.filename2) if n is not None]
+    return f"{text}: {' -> '.join(names)}" if names else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ricenet",
@@ -71,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except RICENetError as error:
         print(f"ricenet {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        message = os_error_message(error)
+        if message is None:
+            raise
+        print(f"ricenet {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

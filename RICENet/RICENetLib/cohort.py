@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -22,6 +23,18 @@ from . import CLASS_NAMES, MODALITIES
 from .errors import InputError
 
 COLUMNS = ("patient_id", "label") + MODALITIES
+
+#: A patient id names its output folder (``OUT/<patient_id>/``), so it must be a plain, portable folder name.
+PATIENT_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {f"{p}{n}" for p in ("com", "lpt") for n in range(1, 10)}
+
+
+def check_patient_id(patient: str, where: str) -> str:
+    """Refuse an id that is not a safe folder name: ``../x`` or ``/abs`` would send outputs outside ``--out``."""
+    if not PATIENT_ID.fullmatch(patient) or patient.split(".")[0].lower() in _WINDOWS_RESERVED:
+        raise InputError(f"{where}: patient_id '{patient}' is not usable as a folder name; use 1 to 64 letters, "
+                         f"digits, '.', '_' or '-', not starting with '.' (and not a Windows device name such as NUL).")
+    return patient
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,7 @@ def _load_csv(path: Path, require_labels: bool) -> list[Case]:
         patient = row.get("patient_id", "")
         if not patient:
             raise InputError(f"{where}: empty patient_id.")
+        check_patient_id(patient, where)
         label = row.get("label", "")
         label = parse_label(label, f"{where} (patient {patient})") if (label or require_labels) else None
         paths = {}
@@ -95,9 +109,10 @@ def _load_csv(path: Path, require_labels: bool) -> list[Case]:
 
 
 def _load_folder(path: Path, require_labels: bool) -> list[Case]:
-    cases = []
+    cases: list[Case] = []
     for folder in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         where = f"Cohort folder {path}, patient {folder.name}"
+        check_patient_id(folder.name, f"Cohort folder {path}, sub-folder {folder.name}")
         label_file = folder / "label.txt"
         if label_file.exists():
             label = parse_label(label_file.read_text(encoding="utf-8"), where)
@@ -107,6 +122,7 @@ def _load_folder(path: Path, require_labels: bool) -> list[Case]:
             label = None
         paths = {modality: _find_modality(folder, modality, where) for modality in MODALITIES}
         cases.append(Case(folder.name, label, paths))
+    _check_unique(cases, f"Cohort folder {path}")
     return cases
 
 
@@ -126,11 +142,16 @@ def _existing(path: Path, what: str) -> Path:
 
 
 def _check_unique(cases: Sequence[Case], where: str) -> None:
-    seen: set[str] = set()
+    """Ids are compared ignoring case too: on macOS and Windows P1/ and p1/ are the same folder."""
+    seen: dict[str, str] = {}
     for case in cases:
-        if case.patient_id in seen:
+        if case.patient_id in seen.values():
             raise InputError(f"{where}: patient {case.patient_id} appears more than once.")
-        seen.add(case.patient_id)
+        other = seen.get(case.patient_id.lower())
+        if other is not None:
+            raise InputError(f"{where}: patients {other} and {case.patient_id} differ only in upper/lower case; "
+                             f"their output folders would be one on macOS and Windows: rename one.")
+        seen[case.patient_id.lower()] = case.patient_id
 
 
 def write_cohort_csv(path: str | os.PathLike, cases: Iterable[Case]) -> Path:

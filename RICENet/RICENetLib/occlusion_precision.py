@@ -28,7 +28,9 @@ drops of the boxes over it, so the maps differ by no more.
 * ``"float16"``: the incremental engine in half precision (weights, cached
   maps, tiles), its global-average-pool sums in float64 and its linear head
   in float32; brute force under ``torch.autocast``. Winograd's algorithm is not
-  used: its transforms multiply values by up to 8 and lose too much.
+  used: its transforms multiply values by up to 8 and lose too much. For
+  GPUs: a CPU without AVX-512 FP16 or AMX-FP16 emulates float16, about 100x
+  slower than float32 (``ricenet predict`` warns: :mod:`RICENetLib.cpu_half_precision`).
 * ``None``: by device: ``"tf32"`` on CUDA (torch's own default there, and what
   MONAI's ``OcclusionSensitivity`` gets), ``"float32"`` elsewhere.
 

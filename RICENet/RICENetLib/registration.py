@@ -328,8 +328,12 @@ def _register_sitk(reference: sitk.Image, moving: sitk.Image, params: Registrati
     state: dict[str, Any] = {"level": -1, "cancelled": False, "iterations": [], "reported": -1.0}
 
     def on_level() -> None:
-        state["level"] += 1
-        state["iterations"].append(0)
+        try:
+            state["level"] += 1
+            state["iterations"].append(0)
+        except BaseException as error:  # Ctrl-C between two bytecodes here: as in on_iteration
+            state["raised"] = error
+            method.StopRegistration()
 
     def on_iteration() -> None:
         # Exceptions must not escape into ITK: a cancel request stops the optimiser instead.
@@ -346,15 +350,22 @@ def _register_sitk(reference: sitk.Image, moving: sitk.Image, params: Registrati
         except Cancelled:
             state["cancelled"] = True
             method.StopRegistration()
+        except BaseException as error:  # Ctrl-C lands here (or a failing callback): re-raised after Execute,
+            state["raised"] = error     # not turned into ITK's "error executing the Python Callable"
+            method.StopRegistration()
 
     method.AddCommand(sitk.sitkMultiResolutionIterationEvent, on_level)
     method.AddCommand(sitk.sitkIterationEvent, on_iteration)
     try:
         transform = method.Execute(fixed, mov)
     except RuntimeError as error:
+        if state.get("raised") is not None:
+            raise state["raised"] from None
         raise PreprocessingError(f"Registration of {names} failed: {_reason(error)}") from None
     finally:
         method.RemoveAllCommands()
+    if state.get("raised") is not None:
+        raise state["raised"]
     if state["cancelled"]:
         raise Cancelled()
     transform = _as_euler(transform)

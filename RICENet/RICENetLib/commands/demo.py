@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import main as ricenet
     from ..cohort import load_cohort, write_cohort_csv
     from ..errors import InputError
+    from ..output_folder import check_writable
     from ..synthetic import summarise_cohort, write_cohort
     from .progressbar import progress_bar
 
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
                          f"use at least {args.folds + 2}.")
     start = time.perf_counter()
     out = Path(args.out).resolve()
+    check_writable(out)  # not after the synthetic cohort and the training
     cohort_csv = out / "cohort" / "cohort.csv"
     step = lambda text: print(f"\n== {text} ==", flush=True)  # noqa: E731
 

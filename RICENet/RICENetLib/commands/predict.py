@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
+import re
+import sys
 from pathlib import Path
 
 NAME = "predict"
@@ -31,8 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --occlusion: step between boxes in model voxels instead of the preset's")
     parser.add_argument("--occlusion-precision", choices=("float32", "tf32", "float16"), default=None,
                         help="with --occlusion: arithmetic of the map (default: tf32 on CUDA, torch's default for "
-                        "convolutions there; float32 elsewhere). float32 is exact; tf32 is faster on a GPU, float16 "
-                        "perhaps faster still (not yet timed on one); neither is exact (README, 'Occlusion precision')")
+                        "convolutions there; float32 elsewhere). float32 is exact; tf32 is faster on a GPU and float16 "
+                        "halves the memory there; neither is exact (README, 'Occlusion precision'). On a CPU without "
+                        "AVX-512 FP16 or AMX-FP16, float16 is emulated and about 100x slower than float32 (a warning "
+                        "says so)")
     parser.add_argument("--per-modality", action="store_true",
                         help="with --occlusion: also one map per channel (occlude one modality at a time)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -41,14 +46,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
+#: What ``ricenet predict`` writes into a case's folder (``--overwrite`` replaces a folder holding nothing else).
+OUTPUT_FILES = re.compile(r"prediction\.json|overview\.png|report\.html|occlusion(_[a-z]+)?\.nii\.gz")
+
+
+def _own(name: str) -> bool:
+    return OUTPUT_FILES.fullmatch(name) is not None
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_path
     from ..bundle import load_bundle
+    from ..cpu_half_precision import slow_half_precision_warning
     from ..errors import InputError
-    from ..inference import predict_case, resolve_occlusion
-    from ..prediction_outputs import write_prediction
-    from ..report import prediction_verdict
-    from .progressbar import progress_bar
+    from ..inference import resolve_occlusion, select_device
+    from ..output_folder import check_replaceable, check_writable
 
     single = [args.postop, args.event, args.dose]
     if args.cohort and any(single):
@@ -63,42 +74,89 @@ def run(args: argparse.Namespace) -> int:
     occlusion = resolve_occlusion(args.occlusion, per_modality=args.per_modality or None,
                                   mask_size=args.occlusion_mask, stride=args.occlusion_stride,
                                   precision=args.occlusion_precision)
-    options = dict(device=args.device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
-
+    device = select_device(args.device)
+    if occlusion is not None and occlusion.precision == "float16":
+        warning = slow_half_precision_warning("float16", device)
+        if warning:
+            logging.getLogger("ricenet").warning("--occlusion-precision float16: %s", warning)
+    options = dict(device=device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
+    out = Path(args.out)
+    check_writable(out)  # before minutes of work, not after
     if not args.cohort:
-        with progress_bar("predicting") as progress:
-            prediction = predict_case(bundle, args.postop, args.event, args.dose, progress=progress, **options)
-        paths = write_prediction(prediction, args.out, args.postop, args.event, args.dose, overwrite=args.overwrite)
-        print(prediction_verdict(prediction.to_dict()))
-        print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
-        return 0
+        check_replaceable(out, _own, args.overwrite, NAME)
+        return _run_case(args, bundle, out, options)
+    return _run_cohort(args, bundle, out, options)
 
-    from ..cohort import load_cohort
+
+def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int:
+    from ..inference import predict_case
+    from ..output_folder import writing
+    from ..prediction_outputs import write_prediction
+    from ..report import prediction_verdict
+    from .progressbar import progress_bar
+
+    with progress_bar("predicting") as progress:
+        prediction = predict_case(bundle, args.postop, args.event, args.dose, progress=progress, **options)
+    with writing(out):
+        paths = write_prediction(prediction, out, args.postop, args.event, args.dose, overwrite=args.overwrite)
+    print(prediction_verdict(prediction.to_dict()))
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    return 0
+
+
+def _run_cohort(args: argparse.Namespace, bundle, out: Path, options: dict) -> int:
+    """Every case, whatever happens to the others: a failing case is a row with its error, and the exit status
+    says how many failed."""
+    from ..atomic import atomic_path
+    from ..cohort import check_patient_id, load_cohort
+    from ..errors import Cancelled, RICENetError
+    from ..inference import predict_case
+    from ..output_folder import OutputError, check_replaceable, writing
+    from ..prediction_outputs import write_prediction
+    from .progressbar import progress_bar
 
     cases = load_cohort(args.cohort, require_labels=False)
-    out = Path(args.out)
-    rows, scored = [], []
+    table = out / "predictions.csv"
+    if table.exists() and not args.overwrite:
+        raise OutputError(f"{table} already exists; choose another --out or add --overwrite.")
+    for case in cases:  # every folder checked before the first case is computed
+        check_replaceable(out / check_patient_id(case.patient_id, f"Cohort {args.cohort}"), _own, args.overwrite, NAME)
+    rows, scored, failed = [], [], []
     with progress_bar(f"predicting {len(cases)} cases") as progress:
         for index, case in enumerate(cases):
             def case_progress(fraction: float, message: str, index: int = index) -> None:
                 progress((index + fraction) / len(cases), f"{case.patient_id}: {message}")
 
             p = case.paths
-            prediction = predict_case(bundle, p["postop"], p["event"], p["dose"], progress=case_progress, **options)
-            write_prediction(prediction, out / case.patient_id, p["postop"], p["event"], p["dose"], overwrite=args.overwrite)
+            try:
+                prediction = predict_case(bundle, p["postop"], p["event"], p["dose"], progress=case_progress, **options)
+                with writing(out / case.patient_id):
+                    write_prediction(prediction, out / case.patient_id, p["postop"], p["event"], p["dose"],
+                                     overwrite=args.overwrite)
+            except Cancelled:
+                raise
+            except RICENetError as error:
+                failed.append(case.patient_id)
+                print(f"ricenet predict: {case.patient_id}: {error}", file=sys.stderr)
+                rows.append([case.patient_id, case.label or "", "", ""] + [""] * len(bundle.class_names) + [str(error)])
+                continue
             data = prediction.to_dict()
             rows.append([case.patient_id, case.label or "", data["label"], data["agreement"]]
-                        + [f"{data['probabilities'][c]:.4f}" for c in bundle.class_names])
+                        + [f"{data['probabilities'][c]:.4f}" for c in bundle.class_names] + [""])
             scored.append((case.label, data["label"], [data["probabilities"][c] for c in bundle.class_names]))
-    table = out / "predictions.csv"
-    with atomic_path(table) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with writing(table), atomic_path(table) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["patient_id", "true_label", "predicted_label", "agreement"] + [f"p_{c}" for c in bundle.class_names])
+        writer.writerow(["patient_id", "true_label", "predicted_label", "agreement"]
+                        + [f"p_{c}" for c in bundle.class_names] + ["error"])
         writer.writerows(rows)
-    print(f"{len(rows)} cases classified; table: {table}")
+    print(f"{len(scored)} of {len(cases)} cases classified; table: {table}")
     labelled = [(truth, label, p) for truth, label, p in scored if truth in bundle.class_names]
     if labelled:
-        print(labelled_summary(labelled, bundle.class_names, len(rows)))
+        print(labelled_summary(labelled, bundle.class_names, len(scored)))
+    if failed:
+        print(f"ricenet predict: {len(failed)} of {len(cases)} cases failed ({', '.join(failed[:5])}"
+              f"{', ...' if len(failed) > 5 else ''}); their errors are in {table}", file=sys.stderr)
+        return 2
     return 0
 
 

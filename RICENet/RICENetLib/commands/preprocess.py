@@ -91,8 +91,16 @@ def _summary(result, out: Path) -> dict:
     }
 
 
+def _own(name: str) -> bool:
+    """What ``ricenet preprocess`` writes into a case's folder (``--overwrite`` replaces nothing else)."""
+    from ..preprocessing import JSON_FILE, MASK_FILE, RESULT_FILES, TRANSFORM_FILE
+
+    return name in {*RESULT_FILES.values(), MASK_FILE, TRANSFORM_FILE, JSON_FILE}
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
+    from ..output_folder import check_replaceable, check_writable, writing
     from .progressbar import progress_bar
 
     single = [args.postop, args.event, args.dose]
@@ -107,32 +115,42 @@ def run(args: argparse.Namespace) -> int:
 
     params = preprocessing_parameters(args)
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise InputError(f"Output folder {out} already exists and is not empty; choose another or add --overwrite.")
+    check_writable(out)
+    check_replaceable(out, _own, args.overwrite, NAME)
     with progress_bar("preprocessing") as progress:
         result = preprocess_case(args.postop, args.event, args.dose, params, progress=progress)
-    result.save(out, overwrite=args.overwrite)
+    with writing(out):
+        result.save(out, overwrite=args.overwrite)
     print(json.dumps(_summary(result, out), indent=2))
     return 0
 
 
 def _run_cohort(args: argparse.Namespace) -> int:
-    from ..cohort import load_cohort
+    from ..cohort import check_patient_id, load_cohort
     from ..errors import Cancelled, RICENetError
-    from ..preprocessing import preprocess_case
+    from ..output_folder import check_replaceable, check_writable, writing
+    from ..preprocessing import JSON_FILE, preprocess_case
     from ..progress import as_progress
     from .progressbar import progress_bar
 
     params = preprocessing_parameters(args)
     cases = load_cohort(args.cohort, require_labels=False)
     out = Path(args.out)
+    check_writable(out)
+    finished = set()
+    for case in cases:  # before the work: a folder this command did not write is never replaced
+        target = out / check_patient_id(case.patient_id, f"Cohort {args.cohort}")
+        if (target / JSON_FILE).exists() and not args.overwrite:
+            finished.add(case.patient_id)
+        else:
+            check_replaceable(target, _own, args.overwrite, NAME)
     done, skipped, failed = [], [], []
     with progress_bar(f"preprocessing {len(cases)} cases") as callback:
         report = as_progress(callback)
         for index, case in enumerate(cases):
             target = out / case.patient_id
             step = report.sub(index / len(cases), (index + 1) / len(cases))
-            if (target / "preprocess.json").exists() and not args.overwrite:
+            if case.patient_id in finished:
                 skipped.append(case.patient_id)
                 step(1.0, f"{case.patient_id} already done")
                 continue
@@ -140,7 +158,8 @@ def _run_cohort(args: argparse.Namespace) -> int:
             try:
                 result = preprocess_case(case.paths["postop"], case.paths["event"], case.paths["dose"], params,
                                          case_id=case.patient_id, progress=step)
-                result.save(target, overwrite=True)
+                with writing(target):
+                    result.save(target, overwrite=True)  # checked above: nothing but this command's own files
                 done.append(case.patient_id)
             except Cancelled:
                 raise
@@ -149,4 +168,7 @@ def _run_cohort(args: argparse.Namespace) -> int:
                 print(f"ricenet preprocess: {case.patient_id}: {error}", file=sys.stderr)
     print(json.dumps({"out": str(out), "preprocessed": len(done), "already_done": len(skipped),
                       "failed": failed}, indent=2))
-    return 2 if failed else 0
+    if failed:
+        print(f"ricenet preprocess: {len(failed)} of {len(cases)} cases failed", file=sys.stderr)
+        return 2
+    return 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from .train import add_training_arguments, case_loader, folds_file, is_main_process, training_parameters
+from .train import (add_training_arguments, case_loader, folds_file, is_main_process, training_parameters,
+                    warn_if_slow_bf16)
 
 NAME = "ablate"
 HELP = "train the 7 modality combinations on the same folds and write the ablation table"
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     params = training_parameters(args, ("postop", "event", "dose"))
     params.validate()
+    warn_if_slow_bf16(params)
     cases = load_cohort(args.cohort)
     load, preprocessing = case_loader(args)
     bar = progress_bar("ablation") if is_main_process() else contextlib.nullcontext()

@@ -72,7 +72,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     device = parser.add_argument_group("device")
     device.add_argument("--device", default="auto", help="auto (a CUDA GPU if any), cpu, cuda, cuda:N or mps")
     device.add_argument("--bf16", action="store_true",
-                        help="bfloat16 autocast (GPUs with bf16; CPUs with AMX or AVX-512 BF16: docs/TRAINING.md)")
+                        help="bfloat16 autocast (GPUs with bf16). On a CPU without AVX-512 BF16 or AMX-BF16 it is "
+                        "emulated and about 100x slower than float32 (a warning says so): docs/TRAINING.md")
     device.add_argument("--channels-last", action="store_true", help="channels-last-3d memory format")
     device.add_argument("--augment-on", choices=("device", "cpu"), default="device",
                         help="augment on the training device (default; GPU-side on a GPU) or in CPU loader workers")
@@ -121,6 +122,21 @@ def folds_file(args: argparse.Namespace) -> Path:
     return Path(args.folds_file) if args.folds_file else default_folds_path(args.cohort)
 
 
+def warn_if_slow_bf16(params: Any) -> None:
+    """``--bf16`` on a CPU that emulates bfloat16: say so before hours of training, not after."""
+    if not params.bf16:
+        return
+    import logging
+
+    from RICENetLib.cpu_half_precision import slow_half_precision_warning
+
+    from ..training import resolve_device
+
+    message = slow_half_precision_warning("bfloat16", resolve_device(params.device))
+    if message and is_main_process():
+        logging.getLogger("ricenet").warning("--bf16: %s", message)
+
+
 def is_main_process() -> bool:
     """Under torchrun only rank 0 draws progress and prints results."""
     return os.environ.get("RANK", "0") == "0"
@@ -135,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
     params = training_parameters(args, args.modalities)
     params.validate()
+    warn_if_slow_bf16(params)
     cases = load_cohort(args.cohort)
     load, preprocessing = case_loader(args)
     bar = progress_bar(f"training {'+'.join(params.modalities)}") if is_main_process() else contextlib.nullcontext()
