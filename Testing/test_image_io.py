@@ -207,3 +207,29 @@ def test_written_files_have_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_write_image_refuses_a_short_nifti_on_a_full_disk(tmp_path):
+    """ITK's NIfTI writer only prints 'wrote only N of M bytes' when the disk is full; write_image must raise.
+
+    A child process with a 16 KB file-size limit (SIGXFSZ ignored, so writes fail with EFBIG as on a full disk)."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "out" / "image.nii.gz"
+    code = f"""
+import resource, signal, numpy as np, SimpleITK as sitk
+from RICENetLib.image_io import write_image
+from RICENetLib.errors import OutputError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+image = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32))
+resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+try:
+    write_image(image, {str(target)!r})
+except OutputError as error:
+    print("REFUSED:", error)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "REFUSED: Could not write" in done.stdout and str(target) in done.stdout
+    assert not target.exists() and list(target.parent.iterdir()) == []  # nothing half-written, no temporary

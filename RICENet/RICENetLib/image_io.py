@@ -33,7 +33,7 @@ import SimpleITK as sitk
 
 from .atomic import atomic_path
 from .dicom_series import check_series, enhanced_kind
-from .errors import InputError
+from .errors import InputError, OutputError
 from .file_integrity import check_complete
 
 #: Metadata keys set on images read from RTDOSE, kept by :func:`write_image` for NRRD/MHA.
@@ -309,6 +309,13 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
         raise InputError(f"Cannot write {path}: use .nii.gz, .nii, .nrrd or .mha.")
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), compress)
+        if _has_suffix(path, (".nii", ".nii.gz")):
+            # ITK's NIfTI writer only prints "wrote only N of M bytes" on a full disk; read the file back.
+            try:
+                check_complete(Path(tmp))
+            except InputError:
+                raise OutputError(f"Could not write {path}: the file came out short (disk full or a file size "
+                                  "limit); free some space and run again.") from None
     return path
 
 
