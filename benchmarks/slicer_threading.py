@@ -81,13 +81,14 @@ def main() -> int:
                     f"{e['starved_percent_of_plain']:.1f} / {e['starved_percent']:.1f}",
                     f"{e['starved_unloaded_percent_of_plain']:.1f} / {e['starved_unloaded_percent']:.1f}"], widths))
     print("\nMain thread while yielding (ms): input latency max / p99, longest gap between 0 ms timer passes, "
-          "longest tick")
-    widths = [10, 22, 14, 14]
-    print(_row(["workload", "input max / p99", "0 ms gap", "tick"], widths))
+          "longest tick; % of the time it waited for a CPU that other processes held")
+    widths = [10, 22, 14, 14, 16]
+    print(_row(["workload", "input max / p99", "0 ms gap", "tick", "run-queue %"], widths))
     for name, e in figures.items():
         y = e["yield"]
         print(_row([name, f"{y['input_latency_ms_max']:.1f} / {y['input_latency_ms_p99']:.1f}",
-                    f"{y['zero_timer_gap_ms_max']:.1f}", f"{y['yield_longest_tick_ms']:.1f}"], widths))
+                    f"{y['zero_timer_gap_ms_max']:.1f}", f"{y['yield_longest_tick_ms']:.1f}",
+                    f"{y.get('main_runqueue_percent', float('nan')):.0f}"], widths))
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "load": [load, after],
                                          "figures": figures}, indent=1))

@@ -11,10 +11,10 @@ and measures how long the worker takes to its N-th progress report (the same
 work in every phase); then the task is cancelled and the next phase starts
 once the worker thread has ended. The main thread meanwhile:
 
-* ``free`` (and ``warmup``, the same but not reported): sleeps between status polls (``time.sleep`` releases the GIL), as
-  any script's main thread waiting for a worker; inside the host the 200 ms
-  poll slot does this, blocking the loop, so the worker has the GIL it would
-  have in a plain interpreter;
+* ``free`` (and ``warmup``, the same but not reported): sleeps between status
+  polls (``time.sleep`` releases the GIL), as any script's main thread waiting
+  for a worker; inside the host the poll slot does this, blocking the loop, so
+  the worker has the GIL as in a plain interpreter;
 * ``yield``: what the Slicer modules do: a 200 ms ``QTimer`` polls the task's
   status and a 0 ms ``QTimer`` calls :meth:`MainThreadYielder.tick`
   (started by ``watch``, stopped by the yielder when the worker has ended);
@@ -23,15 +23,15 @@ once the worker thread has ended. The main thread meanwhile:
   progress report, so the next phase starts promptly.
 
 A host phase that has not reached N reports by its ``cap_factors`` × the time
-the last ``free`` phase of that workload took (``cap_s`` before any, and for free
-phases) is cut there
-and counts the reports it made (``capped``). Each result row holds the counted
-reports and the seconds they took, and inside the host the loop's stats over
-the measurement (``pqhost.stats``) and the yielder's ticks. On Linux it also
-holds the worker thread's CPU time and its run-queue time (runnable while
-other processes had the CPUs, from ``/proc/self/task/TID/schedstat``): on a
-shared machine, ``seconds - runqueue_s`` is what the phase would have taken
-alone, and the GIL's share of a phase does not depend on the neighbours.
+the last ``free`` phase of that workload took (``cap_s`` before any, and for
+free phases) is cut there and counts the reports it made (``capped``). Each
+result row holds the counted reports and the seconds they took, and inside
+the host the loop's stats over the measurement (``pqhost.stats``) and the
+yielder's ticks. On Linux it also holds the worker thread's CPU time and the
+run-queue time of the worker and of the main thread (runnable while other
+processes had the CPUs, from ``/proc/self/task/TID/schedstat``): on a shared
+machine, ``seconds - runqueue_s`` is what the phase would have taken alone, so
+the GIL's share of a phase does not depend on the neighbours.
 """
 
 from __future__ import annotations
@@ -79,9 +79,9 @@ class Worker:
         self.sched_start = schedstat(self.tid)
 
         def report(fraction: float = 0.0, message: str = "") -> None:
-            self.stamps.append(time.perf_counter())
-            if len(self.stamps) == self.reports:
+            if len(self.stamps) == self.reports - 1:  # read before the stamp that the main thread waits for
                 self.sched_end = schedstat(self.tid)
+            self.stamps.append(time.perf_counter())
             progress(fraction, message)
 
         while True:
@@ -130,6 +130,7 @@ class Phases:
         if self.in_host:
             self.yielder.stats = YieldStats()
             self.pqhost.stats(True)
+        self.main_start = schedstat(threading.get_native_id())
         self.began = time.perf_counter()
         self.task.start()
         if self.in_host:
@@ -190,6 +191,9 @@ class Phases:
         if self.worker.sched_start and end:
             row["cpu_s"] = end[0] - self.worker.sched_start[0]
             row["runqueue_s"] = end[1] - self.worker.sched_start[1]  # runnable but other processes had the CPUs
+        main_end = schedstat(threading.get_native_id())
+        if self.main_start and main_end:
+            row["main_runqueue_s"] = main_end[1] - self.main_start[1]  # the main thread waiting for a CPU
         if self.in_host and self.phase not in FREE:
             row["loop"] = self.pqhost.stats()
             row["yield_ticks"] = self.yielder.stats.ticks

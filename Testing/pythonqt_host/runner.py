@@ -72,6 +72,9 @@ def summarise(hosted: list[dict], plain: list[dict] | None = None) -> dict:
                         100.0 * entry[f"{phase}_{kind}per_s"] / entry[f"plain_{kind}per_s"]
             entry[phase] = {key: max(r["loop"][key] for r in rows[phase]) for key in LOOP_MAXIMA}
             entry[phase]["yield_longest_tick_ms"] = max(r["yield_longest_tick_ms"] for r in rows[phase])
+            if all("main_runqueue_s" in r for r in rows[phase]):
+                entry[phase]["main_runqueue_percent"] = 100.0 * sum(r["main_runqueue_s"] for r in rows[phase]) / \
+                    sum(r["seconds"] for r in rows[phase])
         report[name] = entry
     return report
 
