@@ -48,6 +48,7 @@ from slicer.util import VTKObservationMixin
 
 from RICENetLib import dependencies, task_stop
 from RICENetLib.sample_data import SAMPLE_CATEGORY, SAMPLE_NAME, register_sample_data
+from RICENetLib.gil_yield import MainThreadYielder
 from RICENetLib.slicer_logic import (
     DEVICES,
     DOSE_UNITS,
@@ -281,6 +282,8 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._result = None
         self._timer = None
+        self._yieldTimer = None
+        self._yielder = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -293,6 +296,11 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._poll)
+        # PythonQt's main thread holds the GIL while Qt waits: a 0 ms timer hands it to the worker (gil_yield.py).
+        self._yieldTimer = qt.QTimer()
+        self._yieldTimer.setInterval(0)
+        self._yielder = MainThreadYielder(self._yieldTimer)
+        self._yieldTimer.connect("timeout()", self._yielder.tick)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -393,6 +401,7 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._result = None
             qt.QSettings().setValue(SETTINGS_BUNDLE_KEY, settings.bundle)
             self._task = self.logic.engine.start(self._job)
+            self._yielder.watch(self._task)  # yields until the worker thread has ended, also after a cancel
             self._setRunning(True)
             self._timer.start()
 

@@ -34,6 +34,7 @@ from slicer.util import VTKObservationMixin
 
 from RICENetLib import dependencies, task_stop
 from RICENetLib.slicer_logic import path_text
+from RICENetLib.gil_yield import MainThreadYielder
 from RICENetTrainingLib import LR_SCHEDULES
 from RICENetTrainingLib.slicer_logic import (CROP_CENTRES, DEVICES, SKULL_STRIP_CHOICES, TrainingLogic, TrainingSettings,
                                              required_packages, result_message)
@@ -110,6 +111,8 @@ class RICENetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._task = None
         self._timer = None
+        self._yieldTimer = None
+        self._yielder = None
         self._chartShown = False
 
     def setup(self) -> None:
@@ -126,6 +129,11 @@ class RICENetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._poll)
+        # PythonQt's main thread holds the GIL while Qt waits: a 0 ms timer hands it to the worker (gil_yield.py).
+        self._yieldTimer = qt.QTimer()
+        self._yieldTimer.setInterval(0)
+        self._yielder = MainThreadYielder(self._yieldTimer)
+        self._yieldTimer.connect("timeout()", self._yielder.tick)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -192,6 +200,7 @@ class RICENetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             start = self.logic.engine.start_ablation if ablation else self.logic.engine.start
             self._task = start(settings, resume=resume)
+            self._yielder.watch(self._task)  # yields until the worker thread has ended, also after a stop
             self._chartShown = False
             self._setRunning(True)
             self._timer.start()

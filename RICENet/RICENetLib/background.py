@@ -3,8 +3,15 @@
 Slicer's main thread alone may touch MRML and Qt, so the Slicer modules run
 inference and training on a :class:`BackgroundTask` and read its state from a
 ``QTimer`` on the main thread. Nothing here knows about Qt; the same class runs
-in tests and scripts. Torch releases the GIL while it computes, so the GUI stays
-responsive.
+in tests and scripts.
+
+Inside Slicer a worker thread does not run by itself: PythonQt's main thread
+holds the GIL even while Qt waits for events, so the worker advances only when
+the main thread runs Python (torch releasing the GIL during an operation does
+not help: the worker needs the GIL back after each one). The modules therefore
+hand the task to a :class:`RICENetLib.gil_yield.MainThreadYielder`, which
+releases the GIL on every pass of the event loop until :attr:`thread_alive` is
+False. In a plain interpreter (scripts, tests, the CLI) none of that is needed.
 
 >>> task = BackgroundTask(lambda progress, cancel: 42).start()
 >>> task.wait(5).state, task.status().result
@@ -122,6 +129,13 @@ class BackgroundTask:
     @property
     def cancel_requested(self) -> bool:
         return self._cancel.is_set()
+
+    @property
+    def thread_alive(self) -> bool:
+        """True while the worker thread runs: it outlives the final state by a moment, and a cancelled task's
+        thread runs on until its next progress report."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     def status(self) -> TaskStatus:
         with self._lock:
