@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..inference import predict_case, resolve_occlusion
     from ..prediction_outputs import write_prediction
+    from ..quality import attach, csv_columns, report_of
     from ..report import prediction_verdict
     from .progressbar import progress_bar
 
@@ -69,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
         with progress_bar("predicting") as progress:
             prediction = predict_case(bundle, args.postop, args.event, args.dose, progress=progress, **options)
         paths = write_prediction(prediction, args.out, args.postop, args.event, args.dose, overwrite=args.overwrite)
-        print(prediction_verdict(prediction.to_dict()))
+        print(prediction_verdict(attach(prediction.to_dict(), prediction)))
+        quality = report_of(prediction)
+        print(f"quality: {quality.worst}\n{quality.summary()}" if quality else "quality: not computed")
         print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
         return 0
 
@@ -87,13 +90,15 @@ def run(args: argparse.Namespace) -> int:
             prediction = predict_case(bundle, p["postop"], p["event"], p["dose"], progress=case_progress, **options)
             write_prediction(prediction, out / case.patient_id, p["postop"], p["event"], p["dose"], overwrite=args.overwrite)
             data = prediction.to_dict()
+            quality = csv_columns(report_of(prediction))
             rows.append([case.patient_id, case.label or "", data["label"], data["agreement"]]
-                        + [f"{data['probabilities'][c]:.4f}" for c in bundle.class_names])
+                        + [f"{data['probabilities'][c]:.4f}" for c in bundle.class_names] + list(quality.values()))
             scored.append((case.label, data["label"], [data["probabilities"][c] for c in bundle.class_names]))
     table = out / "predictions.csv"
     with atomic_path(table) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["patient_id", "true_label", "predicted_label", "agreement"] + [f"p_{c}" for c in bundle.class_names])
+        writer.writerow(["patient_id", "true_label", "predicted_label", "agreement"] + [f"p_{c}" for c in bundle.class_names]
+                        + list(csv_columns(None)))
         writer.writerows(rows)
     print(f"{len(rows)} cases classified; table: {table}")
     labelled = [(truth, label, p) for truth, label, p in scored if truth in bundle.class_names]
