@@ -1,4 +1,4 @@
-"""The quality gates reach every output of ``ricenet predict``: prediction.json, the verdict, the CLI, the report, the CSV.
+"""The quality gates reach every output of ``ricenet predict``: prediction.json, verdict, CLI, report, CSV.
 
 The untrained bundle uses skull stripping ``none`` on synthetic heads that keep
 their skull, so the "brain" is the whole field of view: the brain-volume gate
@@ -32,8 +32,8 @@ def case_paths(tmp_path_factory) -> dict[str, Path]:
 
 def test_predict_records_and_shows_the_gates(tiny_bundle, case_paths, tmp_path, capsys):
     out = tmp_path / "result"
-    assert main(["predict", "--bundle", str(tiny_bundle), "--postop", str(case_paths["postop"]), "--event",
-                 str(case_paths["event"]), "--dose", str(case_paths["dose"]), "--out", str(out), "--device", "cpu"]) == 0
+    paths = ["--postop", str(case_paths["postop"]), "--event", str(case_paths["event"]), "--dose", str(case_paths["dose"])]
+    assert main(["predict", "--bundle", str(tiny_bundle), *paths, "--out", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     prediction = json.loads((out / "prediction.json").read_text(encoding="utf-8"))
     record = prediction["quality"]
@@ -41,7 +41,7 @@ def test_predict_records_and_shows_the_gates(tiny_bundle, case_paths, tmp_path, 
     volume = next(g for g in record["gates"] if g["name"] == "brain_volume")
     assert volume["state"] == "fail" and volume["unit"] == "ml" and volume["value"] > quality.BRAIN_ML_FAIL[1]
     assert record["worst"] == "fail"
-    assert prediction["verdict"].startswith("Not reliable: not a brain (brain volume (ml) ")
+    assert prediction["verdict"].startswith("Not reliable: not a brain (brain volume ")
     assert prediction["verdict"] in printed and "quality: fail" in printed and "[fail] brain_volume:" in printed
     page = (out / "report.html").read_text(encoding="utf-8")
     assert 'id="quality"' in page and "gate-fail" in page and volume["message"].split(",")[0] in page

@@ -75,7 +75,7 @@ DOSE_MAX_FAIL = (0.5, 2.0)
 
 #: What a reader calls each measure.
 LABELS = {"registration_overlap": "brain overlap", "registration_metric": "Mattes metric",
-          "brain_volume": "brain volume (ml)", "dose_coverage": "brain inside the dose grid",
+          "brain_volume": "brain volume", "dose_coverage": "brain inside the dose grid",
           "dose_maximum": "dose maximum / prescription"}
 
 
@@ -120,8 +120,8 @@ class Gate:
 
     def label(self) -> str:
         """``brain overlap 0.41`` (what the verdict line names)."""
-        number = "not measured" if self.value is None else f"{self.value:.0f}" if abs(self.value) >= 100 else f"{self.value:.2f}"
-        return f"{LABELS.get(self.name, self.name)} {number}"
+        text = self.short() if self.unit == "ml" else self.short().removesuffix(" " + self.unit)
+        return f"{LABELS.get(self.name, self.name)} {text}"
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,8 @@ def _state(fail: bool, warn: bool) -> str:
 # --------------------------------------------------------------------------- measures
 
 
-def brain_overlap(reference_mask: sitk.Image, event_mask: Optional[sitk.Image], event_to_reference: sitk.Transform) -> float:
+def brain_overlap(reference_mask: sitk.Image, event_mask: Optional[sitk.Image],
+                  event_to_reference: sitk.Transform) -> float:
     """Dice of ``reference_mask`` with ``event_mask`` carried onto its grid by the registration.
 
     ``event_to_reference`` maps reference points to event points (ITK's
@@ -184,7 +185,8 @@ def brain_overlap(reference_mask: sitk.Image, event_mask: Optional[sitk.Image], 
     return dice(reference_mask, carried)
 
 
-def event_brain_mask(event: sitk.Image, spacing_mm: float, backend: str, name: str = "event MRI") -> tuple[Optional[sitk.Image], str]:
+def event_brain_mask(event: sitk.Image, spacing_mm: float, backend: str,
+                     name: str = "event MRI") -> tuple[Optional[sitk.Image], str]:
     """The event MRI's brain mask on its own isotropic grid, or ``None`` and why (never raises for no brain).
 
     The same backend as the post-op mask; a volume in which it finds no brain
@@ -219,7 +221,7 @@ def dose_coverage(dose: sitk.Image, brain_mask: sitk.Image) -> float:
 
 
 def registration_overlap_gate(overlap: float, reason: str = "") -> Gate:
-    """The brain-overlap gate from a Dice value (see :func:`brain_overlap`); ``reason`` when no event brain was found."""
+    """The brain-overlap gate from a Dice value (:func:`brain_overlap`); ``reason``: why no event brain was found."""
     state = _state(overlap < OVERLAP_FAIL, overlap < OVERLAP_WARN)
     threshold = f"pass ≥ {OVERLAP_WARN:.2f}, fail < {OVERLAP_FAIL:.2f}"
     if reason:
@@ -333,7 +335,7 @@ def attach(data: dict[str, Any], prediction: Any) -> dict[str, Any]:
 
 
 def csv_columns(report: Optional[QualityReport]) -> dict[str, str]:
-    """``quality`` (the worst state) and ``quality_<gate>`` (each gate's state) for a cohort table; ``""`` when unknown."""
+    """``quality`` (the worst state) and ``quality_<gate>`` (each gate's state) for a cohort table; ``""``: unknown."""
     columns = {"quality": report.worst if report else "not computed"}
     for name in GATE_NAMES:
         gate = report.gate(name) if report else None
@@ -342,7 +344,7 @@ def csv_columns(report: Optional[QualityReport]) -> dict[str, str]:
 
 
 def table_rows(report: Optional[QualityReport]) -> list[tuple[str, str]]:
-    """(name, text) rows for a results table: ``("quality: dose_coverage", "pass — 1.00 fraction (pass ≥ 0.95, ...)")``."""
+    """(name, text) rows for a results table, e.g. ``("quality: dose_coverage", "pass — 1.00 fraction (...)")``."""
     if report is None:
         return [("quality", "not computed (preprocessed by an earlier RICE-NET)")]
     return [(f"quality: {g.name}", f"{g.state} — {g.short()} ({g.threshold})") for g in report.gates]

@@ -416,7 +416,8 @@ def non_head_volume(like: sitk.Image, seed: int = 0) -> sitk.Image:
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xB0D7]))
     size = like.GetSize()
     index = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in size], indexing="ij"), axis=-1)  # (x, y, z, 3)
-    points = index @ (np.array(like.GetDirection()).reshape(3, 3) @ np.diag(like.GetSpacing())).T + np.array(like.GetOrigin())
+    matrix = np.array(like.GetDirection()).reshape(3, 3) @ np.diag(like.GetSpacing())
+    points = index @ matrix.T + np.array(like.GetOrigin())
     centre = points.reshape(-1, 3).mean(axis=0) + rng.uniform(-5, 5, 3)
     x, y, z = (points - centre).transpose(3, 0, 1, 2)
     trunk = (x / 110.0) ** 2 + (y / 80.0) ** 2 < 1.0

@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
     table = out / "predictions.csv"
     with atomic_path(table) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["patient_id", "true_label", "predicted_label", "agreement"] + [f"p_{c}" for c in bundle.class_names]
-                        + list(csv_columns(None)))
+        writer.writerow(["patient_id", "true_label", "predicted_label", "agreement"]
+                        + [f"p_{c}" for c in bundle.class_names] + list(csv_columns(None)))
         writer.writerows(rows)
     print(f"{len(rows)} cases classified; table: {table}")
     labelled = [(truth, label, p) for truth, label, p in scored if truth in bundle.class_names]
