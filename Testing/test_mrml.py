@@ -458,6 +458,10 @@ def test_results_table(scene):
 
     assert mrml.update_results_table(scene, Prediction(), key="case") is node
     assert len(mrml.table_rows(node)) == 5
+    # Extra rows (the quality gates) follow, with empty class columns.
+    mrml.update_results_table(scene, Prediction(), key="case", extra_rows=[("quality: dose_coverage", "fail — 0.50")])
+    extra = mrml.table_rows(node)[-1]
+    assert extra["fold"] == "quality: dose_coverage" and extra["label"] == "fail — 0.50" and math.isnan(extra["p(rice)"])
     assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
 
 

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from RICENetLib import mrml  # noqa: E402
+from RICENetLib import mrml, quality  # noqa: E402
 from RICENetLib.background import BackgroundTask  # noqa: E402
 from RICENetLib.errors import Cancelled, InputError  # noqa: E402
 from RICENetLib.slicer_logic import (  # noqa: E402
@@ -80,14 +80,19 @@ def test_classify_a_case_end_to_end(scene_with_case, tiny_bundle, small_case, tm
     assert seen and seen[-1] == pytest.approx(1.0)
     label = prediction.label
     agree, total = prediction.agreement.split("/")
-    assert result.verdict.startswith(("Recurrence", "RICE")) and f"{agree} of {total} folds" in result.verdict
+    assert result.verdict.split(". ")[-1].startswith(("Recurrence", "RICE")) and f"{agree} of {total} folds" in result.verdict
     assert f"mean p = {prediction.probabilities[label]:.2f}" in result.verdict
 
-    # Table: one row per fold, then mean, vote, agreement.
+    # Table: one row per fold, then mean, vote, agreement, then one row per quality gate.
     rows = mrml.table_rows(scene.GetNodeByID(result.node_ids["table"]))
-    assert [r["fold"] for r in rows] == ["0", "1", "mean", "vote", "agreement"]
+    gates = [f"quality: {name}" for name in quality.GATE_NAMES]
+    assert [r["fold"] for r in rows] == ["0", "1", "mean", "vote", "agreement"] + gates
     assert rows[2]["p(recurrence)"] == pytest.approx(prediction.probabilities["recurrence"], abs=1e-6)
     assert rows[4]["label"] == prediction.agreement
+    # Skull stripping "none" on a head with its skull: the "brain" is the whole field of view, and the gates say so.
+    report = quality.report_of(prediction)
+    assert rows[5 + quality.GATE_NAMES.index("brain_volume")]["label"].startswith("fail — ")
+    assert report.gate("brain_volume").state == "fail" and result.verdict.startswith("Not reliable: not a brain")
 
     # Heatmap in the reference (post-op) space, over the event MRI in every slice view.
     heatmap = scene.GetNodeByID(result.node_ids["heatmap"])

@@ -565,12 +565,14 @@ def update_results_table(
     node=None,
     name: str = "RICE-NET results",
     class_names: Sequence[str] | None = None,
+    extra_rows: Sequence[tuple[str, str]] = (),
 ):
     """Create or update the results table: one row per fold, then ``mean``, ``vote`` and ``agreement``.
 
     Columns: ``fold``, ``p(<class>)`` per class, ``label``. In the ``vote`` row
     the class columns hold the number of folds voting for each class. Accepts an
-    ``EnsemblePrediction`` or its ``to_dict()``.
+    ``EnsemblePrediction`` or its ``to_dict()``. ``extra_rows`` are (name, text)
+    rows after those (e.g. the quality gates), with empty class columns.
     """
     probabilities = dict(_field(prediction, "probabilities", {}) or {})
     classes = list(class_names or probabilities.keys() or CLASS_NAMES)
@@ -587,6 +589,7 @@ def update_results_table(
     rows.append(("mean", [float(probabilities.get(c, math.nan)) for c in classes], label))
     rows.append(("vote", [float(votes.get(c, math.nan)) for c in classes], label))
     rows.append(("agreement", [math.nan for _ in classes], agreement))
+    rows.extend((str(row_name), [math.nan for _ in classes], str(text)) for row_name, text in extra_rows)
 
     table = vtk.vtkTable()
     fold_column = vtk.vtkStringArray()
@@ -612,7 +615,8 @@ def update_results_table(
         node = get_or_create_node(scene, "vtkMRMLTableNode", name, role=ROLE_RESULTS, key=key)
     node.SetAndObserveTable(table)
     node.SetUseColumnTitleAsColumnHeader(True)
-    node.SetColumnDescription("fold", "Cross-validation fold; then the ensemble rows mean, vote and agreement")
+    node.SetColumnDescription("fold", "Cross-validation fold; then the ensemble rows mean, vote and agreement"
+                                      + ("; then the quality checks" if extra_rows else ""))
     for cls in classes:
         node.SetColumnDescription(f"p({cls})", f"Probability of {cls} (vote row: number of folds voting {cls})")
     node.SetColumnDescription("label", "Predicted class")

@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from .atomic import atomic_directory, write_json
 from .image_io import read_image, write_image
+from .quality import attach as attach_quality
 from .report import html_report, overview_figure, prediction_verdict, write_html, write_png
 
 
@@ -41,7 +42,7 @@ def write_prediction(
     if prediction.reference is None:
         prediction.reference = _image(postop)
     event_ref = event_in_reference(prediction, _image(event))
-    data = prediction.to_dict()
+    data = attach_quality(prediction.to_dict(), prediction)
     data["verdict"] = prediction_verdict(data)
     data["inputs"] = inputs
     png = overview_figure(event_ref, prediction.reference, prediction.occlusion, _image(dose), title=data["verdict"])

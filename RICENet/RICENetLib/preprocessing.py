@@ -43,6 +43,7 @@ from .errors import InputError, PreprocessingError, reject_unknown_keys
 from .image_io import check_volume, read_image, write_image
 from .normalisation import DOSE_NORMALISATIONS, DOSE_UNITS, dose_in_gy, normalise_dose, zscore
 from .progress import CancelCheck, Progress, ProgressCallback, as_progress
+from .quality import assess_case, event_brain_mask
 from .registration import RegistrationParameters, RegistrationResult, register_rigid, transform_matrix
 from .resampling import Geometry, check_dose_overlap, interpolator_code, isotropic_geometry, resample_to
 from .skull_strip import BACKENDS as SKULL_STRIP_BACKENDS
@@ -55,7 +56,8 @@ CROP_CENTRES = ("brain", "dose")
 
 FORMAT = "ricenet-preprocess"
 #: Bumped whenever the same inputs and parameters would give different results (invalidates caches).
-FORMAT_VERSION = 1
+#: 2: the record holds the quality gates (:mod:`.quality`).
+FORMAT_VERSION = 2
 RESULT_FILES = {"postop": "postop.nii.gz", "event": "event.nii.gz", "dose": "dose.nii.gz"}
 MASK_FILE = "brain_mask.nii.gz"
 TRANSFORM_FILE = "event_to_reference.tfm"
@@ -415,10 +417,21 @@ def preprocess_case(postop: Any, event: Any, dose: Any, params: Optional[Preproc
     lap("registration")
 
     # 4. skull stripping
-    mask_iso = skull_strip(postop_iso, params.skull_strip, name=postop_name, progress=p.sub(0.55, 0.85))
+    mask_iso = skull_strip(postop_iso, params.skull_strip, name=postop_name, progress=p.sub(0.55, 0.75))
     mask_iso_array = sitk.GetArrayFromImage(mask_iso).astype(np.uint8)
     brain_ml = brain_volume_ml(mask_iso)
     lap("skull_strip")
+
+    # 4b. quality gates: the event MRI's own brain, carried by the registration onto the post-op one; the dose grid
+    p(0.75, "checking quality")
+    event_mask, no_brain = event_brain_mask(event_image, float(params.spacing_mm), params.skull_strip, event_name)
+    quality = assess_case(reference_mask=mask_iso, event_mask=event_mask, event_mask_reason=no_brain,
+                          event_to_reference=registration.transform, registration_metric=registration.metric,
+                          brain_volume_ml=brain_ml, dose_gy=dose_gy, prescription_gy=float(params.prescription_gy))
+    for gate in quality.gates:
+        if gate.state != "pass":
+            log.warning("%s: quality gate %s %s: %s", case_id or postop_name, gate.name, gate.state, gate.message)
+    lap("quality")
 
     # 5. model grid and the channels on it
     p(0.85, "cropping and resampling into model space")
@@ -466,6 +479,7 @@ def preprocess_case(postop: Any, event: Any, dose: Any, params: Optional[Preproc
         "normalisation": {"postop": postop_stats, "event": event_stats, "dose": dose_stats},
         "dose": {"unit_of_input": dose_unit, "overlap_with_reference": round(overlap, 5),
                  "input_max_gy": input_max, "model_max_gy": model_max},
+        "quality": quality.to_dict(),
         "timings_s": timings,
         "software": software_versions(params),
     }

@@ -136,6 +136,7 @@ img {{ max-width: 100%; border-radius: 6px; }} .note {{ color: #666; font-size: 
 <h2>Per-fold probabilities</h2>
 <table id="folds"><tr><th>fold</th>{header}<th>label</th></tr>{rows}
 <tr><td><b>mean</b></td>{mean}<td><b>{esc(prediction['label'])}</b></td></tr></table>
+{quality_html(prediction)}
 <p>Votes: {esc(', '.join(f'{k} {v}' for k, v in prediction['votes'].items()))}; agreement {esc(prediction['agreement'])}.
 Model bundle <code>{esc(str(prediction.get('bundle_id', '')))}</code>. {('Timings: ' + timings + '.') if timings else ''}</p>
 {figure}
@@ -146,11 +147,42 @@ Model bundle <code>{esc(str(prediction.get('bundle_id', '')))}</code>. {('Timing
 
 
 def prediction_verdict(prediction: dict[str, Any]) -> str:
-    """One line such as ``Recurrence — 4 of 5 folds, mean p = 0.81``."""
+    """One line such as ``Recurrence — 4 of 5 folds, mean p = 0.81``.
+
+    A failed quality gate (``prediction["quality"]``, :mod:`.quality`) comes
+    first: ``Not reliable: registration failed (brain overlap 0.41). Recurrence — ...``.
+    """
     label = prediction["label"]
     agree, total = prediction["agreement"].split("/")
     name = {"recurrence": "Recurrence", "rice": "RICE (radiation-induced contrast enhancement)"}.get(label, label)
-    return f"{name} — {agree} of {total} folds, mean p = {prediction['probabilities'][label]:.2f}"
+    line = f"{name} — {agree} of {total} folds, mean p = {prediction['probabilities'][label]:.2f}"
+    if prediction.get("quality"):
+        from .quality import QualityReport
+
+        prefix = QualityReport.from_dict(prediction["quality"]).verdict_prefix()
+        line = f"{prefix}. {line}" if prefix else line
+    return line
+
+
+def quality_html(prediction: dict[str, Any]) -> str:
+    """The quality gates as an HTML section: one row per gate with its state, number, threshold and finding."""
+    esc = html.escape
+    record = prediction.get("quality")
+    if not record:
+        return ("<h2>Quality checks</h2><p id=quality>Not computed: this case was preprocessed by an earlier "
+                "RICE-NET, so nothing tells how far this verdict can be trusted.</p>")
+    from .quality import QualityReport
+
+    report = QualityReport.from_dict(record)
+    colours = {"pass": "#2e7d32", "warn": "#ef6c00", "fail": "#c62828"}
+    rows = "".join(
+        f'<tr class="gate-{esc(g.state)}"><td style="text-align:left">{esc(g.name)}</td>'
+        f'<td style="color:{colours[g.state]}"><b>{esc(g.state)}</b></td><td>{esc(g.short())}</td>'
+        f'<td style="text-align:left">{esc(g.threshold)}</td><td style="text-align:left">{esc(g.message)}</td></tr>'
+        for g in report.gates)
+    return (f'<h2>Quality checks: {esc(report.worst)}</h2><table id="quality"><tr><th>check</th><th>state</th>'
+            f"<th>value</th><th>threshold</th><th>finding</th></tr>{rows}</table>"
+            "<p class=note>warn: read the verdict with care; fail: the verdict is not to be trusted.</p>")
 
 
 def write_html(path: str | os.PathLike, text: str) -> Path:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import SimpleITK as sitk
 
-from . import mrml
+from . import mrml, quality
 from .background import BackgroundTask
 from .errors import InputError
 
@@ -171,9 +171,10 @@ class ClassificationResult:
 
 def verdict_line(prediction: Any) -> str:
     """``Recurrence — 4 of 5 folds, mean p = 0.81`` (the same line as the CLI and the report)."""
+    from .quality import attach
     from .report import prediction_verdict
 
-    data = prediction.to_dict() if hasattr(prediction, "to_dict") else dict(prediction)
+    data = attach(prediction.to_dict(), prediction) if hasattr(prediction, "to_dict") else dict(prediction)
     return prediction_verdict(data)
 
 
@@ -233,7 +234,8 @@ class ClassificationLogic:
             raise InputError("The event MRI was removed from the scene while RICE-NET was running.")
         name = event_node.GetName() or "event"
         ids: dict[str, str] = {}
-        ids["table"] = mrml.update_results_table(scene, prediction, key=key, name=f"{name} RICE-NET results").GetID()
+        ids["table"] = mrml.update_results_table(scene, prediction, key=key, name=f"{name} RICE-NET results",
+                                                 extra_rows=quality.table_rows(quality.report_of(prediction))).GetID()
         transform = getattr(prediction, "event_to_reference", None)
         if transform is not None:
             ids["transform"] = mrml.update_registration_transform(

@@ -406,6 +406,34 @@ def generate_case(
     return SyntheticCase(case_id, written_label, postop, event, dose, brain_mask, lesion_mask, _affine(event_from_reference), truth)
 
 
+def non_head_volume(like: sitk.Image, seed: int = 0) -> sitk.Image:
+    """A pelvis-like body on ``like``'s grid: what a wrong series given as an MRI looks like (quality-gate tests).
+
+    A wide elliptical trunk of soft tissue and fat, two bright bony rings with
+    femoral heads and a dark bladder, with scanner-like noise; int16 like the
+    synthetic MRIs. It has the size of a head scan's field of view but no brain.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xB0D7]))
+    size = like.GetSize()
+    index = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in size], indexing="ij"), axis=-1)  # (x, y, z, 3)
+    matrix = np.array(like.GetDirection()).reshape(3, 3) @ np.diag(like.GetSpacing())
+    points = index @ matrix.T + np.array(like.GetOrigin())
+    centre = points.reshape(-1, 3).mean(axis=0) + rng.uniform(-5, 5, 3)
+    x, y, z = (points - centre).transpose(3, 0, 1, 2)
+    trunk = (x / 110.0) ** 2 + (y / 80.0) ** 2 < 1.0
+    fat = trunk & ((x / 110.0) ** 2 + (y / 80.0) ** 2 > 0.7)
+    values = np.where(trunk, 0.55, 0.0) + np.where(fat, 0.35, 0.0)
+    for side in (-1.0, 1.0):
+        ring = np.abs(np.hypot((x - side * 55.0) / 1.3, y + 10.0) - 28.0) < 4.0
+        head = np.hypot(np.hypot(x - side * 80.0, y + 5.0), z + 30.0) < 22.0
+        values[trunk & (ring | head)] = 1.1
+    values[np.hypot(np.hypot(x / 1.2, y - 30.0), z) < 30.0] = 0.1  # bladder
+    noisy = np.abs(values + rng.normal(0.0, 0.03, values.shape)) * rng.uniform(600, 1000)
+    image = sitk.GetImageFromArray(np.clip(noisy, 0, 32000).astype(np.int16).transpose(2, 1, 0))
+    image.CopyInformation(like)
+    return image
+
+
 # --------------------------------------------------------------------------- cohorts
 
 

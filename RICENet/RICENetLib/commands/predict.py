@@ -92,6 +92,7 @@ def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int
     from ..inference import predict_case
     from ..output_folder import writing
     from ..prediction_outputs import write_prediction
+    from ..quality import attach, report_of
     from ..report import prediction_verdict
     from .progressbar import progress_bar
 
@@ -99,7 +100,9 @@ def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int
         prediction = predict_case(bundle, args.postop, args.event, args.dose, progress=progress, **options)
     with writing(out):
         paths = write_prediction(prediction, out, args.postop, args.event, args.dose, overwrite=args.overwrite)
-    print(prediction_verdict(prediction.to_dict()))
+    print(prediction_verdict(attach(prediction.to_dict(), prediction)))
+    quality = report_of(prediction)
+    print(f"quality: {quality.worst}\n{quality.summary()}" if quality else "quality: not computed")
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 
@@ -113,6 +116,7 @@ def _run_cohort(args: argparse.Namespace, bundle, out: Path, options: dict) -> i
     from ..inference import predict_case
     from ..output_folder import OutputError, check_replaceable, writing
     from ..prediction_outputs import write_prediction
+    from ..quality import csv_columns, report_of
     from .progressbar import progress_bar
 
     cases = load_cohort(args.cohort, require_labels=False)
@@ -138,16 +142,18 @@ def _run_cohort(args: argparse.Namespace, bundle, out: Path, options: dict) -> i
             except RICENetError as error:
                 failed.append(case.patient_id)
                 print(f"ricenet predict: {case.patient_id}: {error}", file=sys.stderr)
-                rows.append([case.patient_id, case.label or "", "", ""] + [""] * len(bundle.class_names) + [str(error)])
+                rows.append([case.patient_id, case.label or "", "", ""] + [""] * len(bundle.class_names)
+                            + [""] * len(csv_columns(None)) + [str(error)])
                 continue
             data = prediction.to_dict()
             rows.append([case.patient_id, case.label or "", data["label"], data["agreement"]]
-                        + [f"{data['probabilities'][c]:.4f}" for c in bundle.class_names] + [""])
+                        + [f"{data['probabilities'][c]:.4f}" for c in bundle.class_names]
+                        + list(csv_columns(report_of(prediction)).values()) + [""])
             scored.append((case.label, data["label"], [data["probabilities"][c] for c in bundle.class_names]))
     with writing(table), atomic_path(table) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["patient_id", "true_label", "predicted_label", "agreement"]
-                        + [f"p_{c}" for c in bundle.class_names] + ["error"])
+                        + [f"p_{c}" for c in bundle.class_names] + list(csv_columns(None)) + ["error"])
         writer.writerows(rows)
     print(f"{len(scored)} of {len(cases)} cases classified; table: {table}")
     labelled = [(truth, label, p) for truth, label, p in scored if truth in bundle.class_names]
