@@ -23,17 +23,23 @@ the normal of ImageOrientationPatient.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from pathlib import Path
 from typing import Any
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
 
 import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
 from .dicom_series import check_series, enhanced_kind
-from .errors import InputError, OutputError
+from .errors import InputError
 from .file_integrity import check_complete
 
 #: Metadata keys set on images read from RTDOSE, kept by :func:`write_image` for NRRD/MHA.
@@ -302,20 +308,34 @@ def check_volume(image: sitk.Image, name: str) -> None:
             raise InputError(f"{name} contains {bad} NaN or infinite voxel value(s).")
 
 
+class _ShortWrite(Exception):
+    def __init__(self, error_number: int) -> None:
+        super().__init__(error_number)
+        self.errno = error_number
+
+
+def _check_written(tmp: Path) -> None:
+    """ITK's NIfTI writer only prints "wrote only N of M bytes" on a full disk: read the file back."""
+    try:
+        check_complete(tmp)
+    except InputError:
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE) if resource else (-1, -1)
+        over_limit = soft not in (-1, getattr(resource, "RLIM_INFINITY", -1)) and tmp.stat().st_size >= soft
+        raise _ShortWrite(errno.EFBIG if over_limit else errno.ENOSPC) from None
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
     """Write ``image`` atomically with its geometry; the format follows the suffix."""
     path = Path(path)
     if not _has_suffix(path, IMAGE_SUFFIXES):
         raise InputError(f"Cannot write {path}: use .nii.gz, .nii, .nrrd or .mha.")
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
-        if _has_suffix(path, (".nii", ".nii.gz")):
-            # ITK's NIfTI writer only prints "wrote only N of M bytes" on a full disk; read the file back.
-            try:
-                check_complete(Path(tmp))
-            except InputError:
-                raise OutputError(f"Could not write {path}: the file came out short (disk full or a file size "
-                                  "limit); free some space and run again.") from None
+    try:
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(image, str(tmp), compress)
+            if _has_suffix(path, (".nii", ".nii.gz")):
+                _check_written(Path(tmp))
+    except _ShortWrite as short:  # raised outside atomic_path, so the error names the file, not its temporary
+        raise OSError(short.errno, os.strerror(short.errno), str(path)) from None
     return path
 
 

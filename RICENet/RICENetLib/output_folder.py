@@ -17,11 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import RICENetError
+from .errors import OutputError, RICENetError
 
-
-class OutputError(RICENetError, OSError):
-    """An output folder cannot be made, written or replaced; the message names it."""
+__all__ = ["OutputError", "check_replaceable", "check_writable", "writing"]
 
 
 def _reason(error: OSError) -> str:
@@ -88,6 +86,12 @@ def writing(folder: str | os.PathLike) -> Iterator[None]:
     :class:`OutputError` that names it."""
     try:
         yield
+    except OutputError as error:
+        # A file inside the folder's temporary twin could not be written: name the folder the user gave.
+        cause = error.__context__
+        if not isinstance(cause, OSError) or isinstance(cause, RICENetError):
+            raise
+        raise OutputError(f"Could not write {folder}: {_reason(cause)}.") from None
     except RICENetError:
         raise
     except OSError as error:
