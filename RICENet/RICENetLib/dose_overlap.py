@@ -202,6 +202,17 @@ def lesion_mask(image: sitk.Image, name: str = "Lesion mask") -> sitk.Image:
     return out
 
 
+def check_lesion_overlaps(lesion: sitk.Image, image: sitk.Image | str | os.PathLike, name: str, what: str) -> None:
+    """Refuse a mask that lies wholly outside ``image`` (e.g. the post-op MRI), before any long computation."""
+    if not isinstance(image, sitk.Image):
+        from .image_io import read_image
+
+        image = read_image(image)
+    if _fraction_in_grid(lesion_mask(lesion, name), Geometry.from_image(image), None) == 0.0:
+        raise InputError(f"{name} lies outside {what}: it does not overlap that scan. Check that it belongs to this "
+                         "patient and to the right scan (a mask drawn on the event MRI needs --lesion-space event).")
+
+
 def _on_grid(image: sitk.Image, geometry: Geometry) -> bool:
     other = Geometry.from_image(image)
     return (other.size == geometry.size and np.allclose(other.spacing, geometry.spacing, atol=1e-6)
@@ -343,6 +354,7 @@ def prediction_dose_overlap(
     dose: sitk.Image | str | os.PathLike,
     *,
     lesion: sitk.Image | str | os.PathLike | None = None,
+    lesion_name: str | None = None,
     lesion_space: str = "reference",
     levels: Sequence[float] = DEFAULT_LEVELS,
 ) -> DoseOverlap | None:
@@ -350,7 +362,8 @@ def prediction_dose_overlap(
 
     ``dose`` is the dose input as given to :func:`~RICENetLib.inference.predict_case`;
     it is read in Gy with the unit preprocessing used, and the prescription is
-    the bundle's. ``lesion_space`` ``"event"`` moves the mask through the
+    the bundle's. ``lesion`` is a mask image or file (``lesion_name`` names it
+    in messages); ``lesion_space`` ``"event"`` moves the mask through the
     prediction's registration (a mask drawn on the event MRI).
     """
     from .image_io import read_image
@@ -367,10 +380,10 @@ def prediction_dose_overlap(
     unit = ((getattr(prepared, "info", None) or {}).get("dose") or {}).get("unit_of_input") or getattr(params, "dose_unit", None)
     name = "dose image" if isinstance(dose, sitk.Image) else f"dose {dose}"
     dose_gy, _ = dose_in_gy(dose if isinstance(dose, sitk.Image) else read_image(dose), unit, name)
-    lesion_name = "lesion mask"
     if lesion is not None and not isinstance(lesion, sitk.Image):
-        lesion_name = f"Lesion mask {lesion}"
+        lesion_name = lesion_name or f"Lesion mask {lesion}"
         lesion = read_lesion_mask(lesion)
+    lesion_name = lesion_name or "Lesion mask"
     transform = None
     if lesion is not None and lesion_space == "event":
         transform = getattr(prediction, "event_to_reference", None)

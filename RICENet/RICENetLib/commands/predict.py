@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "perhaps faster still (not yet timed on one); neither is exact (README, 'Occlusion precision')")
     parser.add_argument("--per-modality", action="store_true",
                         help="with --occlusion: also one map per channel (occlude one modality at a time)")
+    parser.add_argument("--lesion", metavar="MASK",
+                        help="lesion mask (label image, nonzero = lesion, any grid of the post-op frame): its dose "
+                        "(mean, max, D95, V95) and the heatmap's share in it go into prediction.json (dose_overlap)")
+    parser.add_argument("--lesion-space", choices=("reference", "event"), default="reference",
+                        help="frame the --lesion mask was drawn in: reference (post-op/planning, default) or event "
+                        "(moved through the registration)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--skull-strip", default=None, help="override the bundle's skull-stripping backend")
     parser.add_argument("--dose-unit", choices=("Gy", "cGy"), default=None, help="unit of the dose values if not Gy")
@@ -44,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_path
     from ..bundle import load_bundle
+    from ..dose_overlap import check_lesion_overlaps, csv_columns, prediction_dose_overlap, read_lesion_mask
     from ..errors import InputError
     from ..inference import predict_case, resolve_occlusion
     from ..prediction_outputs import write_prediction
@@ -65,11 +72,22 @@ def run(args: argparse.Namespace) -> int:
                                   precision=args.occlusion_precision)
     options = dict(device=args.device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
 
+    if args.cohort and args.lesion:
+        raise InputError("--lesion is for one case; give a cohort's masks in its table's optional lesion column.")
+    lesion = read_lesion_mask(args.lesion) if args.lesion else None  # a bad mask fails before the long part
+    if lesion is not None:
+        space = (args.event, "the event MRI") if args.lesion_space == "event" else (args.postop, "the post-op MRI")
+        check_lesion_overlaps(lesion, space[0], f"Lesion mask {args.lesion}", f"{space[1]} {space[0]}")
+
     if not args.cohort:
         with progress_bar("predicting") as progress:
             prediction = predict_case(bundle, args.postop, args.event, args.dose, progress=progress, **options)
-        paths = write_prediction(prediction, args.out, args.postop, args.event, args.dose, overwrite=args.overwrite)
+        overlap = prediction_dose_overlap(prediction, args.dose, lesion=lesion, lesion_name=f"Lesion mask {args.lesion}",
+                                          lesion_space=args.lesion_space)
+        paths = write_prediction(prediction, args.out, args.postop, args.event, args.dose, overwrite=args.overwrite,
+                                 dose_overlap=overlap)
         print(prediction_verdict(prediction.to_dict()))
+        print("".join(f"  {quantity}: {value}\n" for quantity, value in (overlap.rows() if overlap else ())), end="")
         print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
         return 0
 
@@ -85,15 +103,19 @@ def run(args: argparse.Namespace) -> int:
 
             p = case.paths
             prediction = predict_case(bundle, p["postop"], p["event"], p["dose"], progress=case_progress, **options)
-            write_prediction(prediction, out / case.patient_id, p["postop"], p["event"], p["dose"], overwrite=args.overwrite)
+            overlap = prediction_dose_overlap(prediction, p["dose"], lesion=p.get("lesion"), lesion_space=args.lesion_space)
+            write_prediction(prediction, out / case.patient_id, p["postop"], p["event"], p["dose"], overwrite=args.overwrite,
+                             dose_overlap=overlap)
             data = prediction.to_dict()
             rows.append([case.patient_id, case.label or "", data["label"], data["agreement"]]
-                        + [f"{data['probabilities'][c]:.4f}" for c in bundle.class_names])
+                        + [f"{data['probabilities'][c]:.4f}" for c in bundle.class_names]
+                        + list(overlap.csv_fields().values() if overlap else [""] * len(csv_columns())))
             scored.append((case.label, data["label"], [data["probabilities"][c] for c in bundle.class_names]))
     table = out / "predictions.csv"
     with atomic_path(table) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["patient_id", "true_label", "predicted_label", "agreement"] + [f"p_{c}" for c in bundle.class_names])
+        writer.writerow(["patient_id", "true_label", "predicted_label", "agreement"] + [f"p_{c}" for c in bundle.class_names]
+                        + csv_columns())
         writer.writerows(rows)
     print(f"{len(rows)} cases classified; table: {table}")
     labelled = [(truth, label, p) for truth, label, p in scored if truth in bundle.class_names]
