@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from RICENetLib.dose_overlap import (NO_POSITIVE_MASS, DoseOverlap, compute_dose_overlap, csv_columns, overlap_html,
-                                     read_lesion_mask)
+                                     prediction_dose_overlap, read_lesion_mask)
 from RICENetLib.errors import InputError
+from RICENetLib.preprocessing import PreprocessParameters
+from RICENetLib.resampling import Geometry
 
 
 def image(array: np.ndarray, spacing: float = 1.0, origin=(0.0, 0.0, 0.0)) -> sitk.Image:
@@ -175,3 +179,33 @@ def test_bad_parameters_are_refused():
     with pytest.raises(InputError, match="Isodose levels"):
         compute_dose_overlap(heat, dose, 60.0, levels=(50.0,))
     assert math.isclose(compute_dose_overlap(heat, dose, 60.0, levels=(0.01,)).levels[0].share, 1.0)
+
+
+def test_a_prediction_without_heatmap_gets_the_lesion_figures_only(tmp_path, caplog):
+    z = np.arange(32, dtype=np.float32)[:, None, None] * np.ones((32, 32, 32), np.float32)
+    lesion = np.zeros((32, 32, 32), np.uint8)
+    lesion[6:26, 10:20, 10:20] = 1
+    reference = image(np.zeros((32, 32, 32), np.float32))
+    event_grid = Geometry.from_image(image(lesion, origin=(5.0, 0.0, 0.0)))
+    prepared = SimpleNamespace(params=PreprocessParameters(prescription_gy=60.0), info={"dose": {"unit_of_input": "Gy"}},
+                               event_geometry=event_grid)
+    prediction = SimpleNamespace(occlusion=None, reference=reference, preprocessed=prepared,
+                                 event_to_reference=sitk.TranslationTransform(3, (5.0, 0.0, 0.0)))
+    assert prediction_dose_overlap(prediction, image(z + 35)) is None  # nothing to say
+    path = tmp_path / "lesion.nrrd"
+    sitk.WriteImage(image(lesion, origin=(5.0, 0.0, 0.0)), str(path))  # drawn on the event MRI's grid
+    with caplog.at_level(logging.WARNING):
+        as_reference = prediction_dose_overlap(prediction, image(z + 35), lesion=path)
+    assert "has the event MRI's grid but is taken in the post-op (reference) frame" in caplog.text
+    assert as_reference.lesion.space == "reference"
+    overlap = prediction_dose_overlap(prediction, image(z + 35), lesion=path, lesion_space="event")
+    assert overlap.heatmap_mass is None and overlap.note == "no heatmap"
+    assert overlap.lesion.d95_gy == 42.0 and overlap.lesion.heatmap_share is None
+    assert overlap.lesion.name == f"Lesion mask {path}"
+    assert [q for q, _ in overlap.rows()] == ["lesion volume", "lesion mean dose", "lesion maximum dose", "lesion D95",
+                                              "lesion V95 % (≥ 57.0 Gy)"]
+    with pytest.raises(InputError, match="Unknown lesion space 'planning'"):
+        prediction_dose_overlap(prediction, image(z + 35), lesion=path, lesion_space="planning")
+    prediction.event_to_reference = None
+    with pytest.raises(InputError, match="lesion space 'event' needs the prediction's registration"):
+        prediction_dose_overlap(prediction, image(z + 35), lesion=path, lesion_space="event")

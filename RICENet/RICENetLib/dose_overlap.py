@@ -121,11 +121,13 @@ class DoseOverlap:
         def percent(value: float | None) -> str:
             return (self.note or "no heatmap") if value is None else f"{100 * value:.1f} %"
 
-        rows = [(f"heatmap mass in the {100 * lv.level:g} % isodose ({lv.dose_gy:.1f} Gy)", percent(lv.share))
-                for lv in self.levels]
-        rows.append(("dose at the heatmap's peak", number(self.peak_dose_gy, " Gy")))
-        rows.append((f"mean dose over the heatmap's hottest {100 * self.hottest_fraction:g} %",
-                     number(self.hottest_mean_dose_gy, " Gy")))
+        rows: list[tuple[str, str]] = []
+        if self.heatmap_mass is not None:  # a heatmap was computed
+            rows += [(f"heatmap mass in the {100 * lv.level:g} % isodose ({lv.dose_gy:.1f} Gy)", percent(lv.share))
+                     for lv in self.levels]
+            rows.append(("dose at the heatmap's peak", number(self.peak_dose_gy, " Gy")))
+            rows.append((f"mean dose over the heatmap's hottest {100 * self.hottest_fraction:g} %",
+                         number(self.hottest_mean_dose_gy, " Gy")))
         lesion = self.lesion
         if lesion is not None:
             rows += [("lesion volume", f"{lesion.volume_ml:.2f} mL" + (
@@ -133,8 +135,9 @@ class DoseOverlap:
                          if not math.isclose(lesion.volume_ml, lesion.source_volume_ml, rel_tol=1e-3) else "")),
                      ("lesion mean dose", f"{lesion.mean_gy:.1f} Gy"), ("lesion maximum dose", f"{lesion.max_gy:.1f} Gy"),
                      ("lesion D95", f"{lesion.d95_gy:.1f} Gy"),
-                     (f"lesion V95 % (≥ {V_LEVEL * self.prescription_gy:.1f} Gy)", f"{100 * lesion.v95:.1f} %"),
-                     ("heatmap mass in the lesion", percent(lesion.heatmap_share))]
+                     (f"lesion V95 % (≥ {V_LEVEL * self.prescription_gy:.1f} Gy)", f"{100 * lesion.v95:.1f} %")]
+            if self.heatmap_mass is not None:
+                rows.append(("heatmap mass in the lesion", percent(lesion.heatmap_share)))
             if lesion.fraction_in_reference < 1.0:
                 rows.append(("lesion mask on the reference grid", f"{100 * lesion.fraction_in_reference:.1f} %"))
         return rows
