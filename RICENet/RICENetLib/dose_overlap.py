@@ -33,6 +33,7 @@ from __future__ import annotations
 import html
 import logging
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
@@ -258,9 +259,9 @@ def compute_dose_overlap(
     drawn in the event MRI's frame and is moved through it. Without a heatmap,
     ``reference`` gives the grid and only the lesion's dose is computed.
     """
-    if not (isinstance(prescription_gy, (int, float)) and math.isfinite(prescription_gy) and prescription_gy > 0):
+    if not (isinstance(prescription_gy, numbers.Real) and math.isfinite(prescription_gy) and prescription_gy > 0):
         raise InputError(f"Prescription {prescription_gy!r} Gy: give a positive dose.")
-    if any(not (isinstance(level, (int, float)) and 0 < level <= 2) for level in levels):
+    if any(not (isinstance(level, numbers.Real) and 0 < level <= 2) for level in levels):
         raise InputError(f"Isodose levels {list(levels)}: give fractions of the prescription above 0 and at most 2 "
                          "(e.g. 0.5, 0.95).")
     if heatmap is not None:
