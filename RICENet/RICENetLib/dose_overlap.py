@@ -152,10 +152,10 @@ class DoseOverlap:
         out["dose_at_heatmap_peak_gy"] = text(self.peak_dose_gy, 2)
         out[f"dose_hottest_{100 * self.hottest_fraction:g}pct_mean_gy"] = text(self.hottest_mean_dose_gy, 2)
         lesion = self.lesion
-        for name, value, digits in (("lesion_mean_gy", lesion and lesion.mean_gy, 2), ("lesion_max_gy", lesion and lesion.max_gy, 2),
-                                    ("lesion_d95_gy", lesion and lesion.d95_gy, 2), ("lesion_v95", lesion and lesion.v95, 4),
-                                    ("heatmap_in_lesion", lesion and lesion.heatmap_share, 4)):
-            out[name] = text(value, digits)
+        for name, attribute, digits in (("lesion_mean_gy", "mean_gy", 2), ("lesion_max_gy", "max_gy", 2),
+                                        ("lesion_d95_gy", "d95_gy", 2), ("lesion_v95", "v95", 4),
+                                        ("heatmap_in_lesion", "heatmap_share", 4)):
+            out[name] = text(getattr(lesion, attribute) if lesion is not None else None, digits)
         return out
 
 
@@ -200,7 +200,8 @@ def lesion_mask(image: sitk.Image, name: str = "Lesion mask") -> sitk.Image:
         raise InputError(f"{name} contains NaN or infinite values; a label image holds whole numbers (0 = background).")
     mask = (array != 0).astype(np.uint8)
     if not mask.any():
-        raise InputError(f"{name} is empty: no voxel is nonzero. Outline the lesion (nonzero = lesion) and save it again.")
+        raise InputError(f"{name} is empty: no voxel is nonzero. Outline the lesion (nonzero = lesion) "
+                         "and save it again.")
     out = sitk.GetImageFromArray(mask)
     out.CopyInformation(image)
     return out
@@ -319,7 +320,8 @@ def _lesion_dose(lesion: sitk.Image, name: str, grid: Geometry, gy: np.ndarray, 
     inverse = event_to_reference.GetInverse() if event_to_reference is not None else None
     inside = _fraction_in_grid(mask, grid, inverse)
     if inside == 0.0:
-        where = "the event MRI's frame, moved through the registration" if event_to_reference is not None else "its own frame"
+        where = ("the event MRI's frame, moved through the registration" if event_to_reference is not None
+                 else "its own frame")
         raise InputError(f"{name} lies outside the reference (post-op) grid (in {where}): it does not overlap the "
                          "post-op MRI. Check that it belongs to this patient and to the right scan "
                          "(a mask drawn on the event MRI needs the event space).")
@@ -381,7 +383,8 @@ def prediction_dose_overlap(
     prepared = getattr(prediction, "preprocessed", None)
     params = getattr(prepared, "params", None)
     prescription = float(getattr(params, "prescription_gy", 60.0))
-    unit = ((getattr(prepared, "info", None) or {}).get("dose") or {}).get("unit_of_input") or getattr(params, "dose_unit", None)
+    recorded = ((getattr(prepared, "info", None) or {}).get("dose") or {}).get("unit_of_input")
+    unit = recorded or getattr(params, "dose_unit", None)
     name = "dose image" if isinstance(dose, sitk.Image) else f"dose {dose}"
     dose_gy, _ = dose_in_gy(dose if isinstance(dose, sitk.Image) else read_image(dose), unit, name)
     if lesion is not None and not isinstance(lesion, sitk.Image):
@@ -392,7 +395,8 @@ def prediction_dose_overlap(
     if lesion is not None and lesion_space == "event":
         transform = getattr(prediction, "event_to_reference", None)
         if transform is None:
-            raise InputError(f"{lesion_name}: the lesion space 'event' needs the prediction's registration, which it lacks.")
+            raise InputError(f"{lesion_name}: the lesion space 'event' needs the prediction's registration, "
+                             "which it lacks.")
     reference = getattr(prediction, "reference", None)
     if lesion is not None and lesion_space == "reference" and reference is not None:
         _warn_if_event_grid(lesion, lesion_name, reference, prepared)

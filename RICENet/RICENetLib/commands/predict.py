@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.cohort:
         with progress_bar("predicting") as progress:
             prediction = predict_case(bundle, args.postop, args.event, args.dose, progress=progress, **options)
-        overlap = prediction_dose_overlap(prediction, args.dose, lesion=lesion, lesion_name=f"Lesion mask {args.lesion}",
-                                          lesion_space=args.lesion_space)
+        overlap = prediction_dose_overlap(prediction, args.dose, lesion=lesion,
+                                          lesion_name=f"Lesion mask {args.lesion}", lesion_space=args.lesion_space)
         paths = write_prediction(prediction, args.out, args.postop, args.event, args.dose, overwrite=args.overwrite,
                                  dose_overlap=overlap)
         print(prediction_verdict(prediction.to_dict()))
@@ -103,9 +103,10 @@ def run(args: argparse.Namespace) -> int:
 
             p = case.paths
             prediction = predict_case(bundle, p["postop"], p["event"], p["dose"], progress=case_progress, **options)
-            overlap = prediction_dose_overlap(prediction, p["dose"], lesion=p.get("lesion"), lesion_space=args.lesion_space)
-            write_prediction(prediction, out / case.patient_id, p["postop"], p["event"], p["dose"], overwrite=args.overwrite,
-                             dose_overlap=overlap)
+            overlap = prediction_dose_overlap(prediction, p["dose"], lesion=p.get("lesion"),
+                                              lesion_space=args.lesion_space)
+            write_prediction(prediction, out / case.patient_id, p["postop"], p["event"], p["dose"],
+                             overwrite=args.overwrite, dose_overlap=overlap)
             data = prediction.to_dict()
             rows.append([case.patient_id, case.label or "", data["label"], data["agreement"]]
                         + [f"{data['probabilities'][c]:.4f}" for c in bundle.class_names]
