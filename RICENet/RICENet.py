@@ -244,6 +244,7 @@ class RICENetParameterNode:
     # Results of the last run.
     verdict: str = ""
     resultsTable: vtkMRMLTableNode
+    doseOverlapTable: vtkMRMLTableNode
     heatmapVolume: vtkMRMLScalarVolumeNode
     isodoseSegmentation: vtkMRMLSegmentationNode
     registrationTransform: vtkMRMLLinearTransformNode
@@ -373,6 +374,7 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             if self._parameterNode.resultsTable:
                 self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
+            self.ui.doseOverlapTableView.setMRMLTableNode(self._parameterNode.doseOverlapTable)
             self._updateButtons()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
@@ -397,7 +399,9 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             settings = settingsFromParameterNode(node)
             if not ensureDependencies(required_packages(settings)):
                 return
-            self._job = self.logic.engine.prepare(node.postopVolume, node.eventVolume, node.doseVolume, settings)
+            lesion = self.ui.lesionSegmentSelector
+            self._job = self.logic.engine.prepare(node.postopVolume, node.eventVolume, node.doseVolume, settings,
+                                                  lesion.currentNode(), lesion.currentSegmentID() or None)
             self._result = None
             qt.QSettings().setValue(SETTINGS_BUNDLE_KEY, settings.bundle)
             self._task = self.logic.engine.start(self._job)
@@ -445,10 +449,12 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.NodeModify(node.parameterNode):
             node.verdict = result.verdict
             node.resultsTable = scene.GetNodeByID(ids["table"]) if "table" in ids else None
+            node.doseOverlapTable = scene.GetNodeByID(ids["dose_overlap"]) if "dose_overlap" in ids else None
             node.heatmapVolume = scene.GetNodeByID(ids["heatmap"]) if "heatmap" in ids else None
             node.isodoseSegmentation = scene.GetNodeByID(ids["isodose"]) if "isodose" in ids else None
             node.registrationTransform = scene.GetNodeByID(ids["transform"]) if "transform" in ids else None
         self.ui.resultsTableView.setMRMLTableNode(node.resultsTable)
+        self.ui.doseOverlapTableView.setMRMLTableNode(node.doseOverlapTable)
         self.ui.statusLabel.text = _("Done in {seconds:.0f} s.").format(seconds=elapsed_s)
 
     def _stopTask(self, waitSeconds: float) -> None:

@@ -4,6 +4,8 @@ A cohort is a CSV with the columns ``patient_id,label,postop,event,dose``
 (paths relative to the CSV's folder, labels ``recurrence``/``rice``), or a
 folder holding one sub-folder per patient with a ``label.txt`` and the three
 images named ``postop.*``, ``event.*`` and ``dose.*`` (a file or a DICOM folder).
+An optional ``lesion`` column (or ``lesion.*`` file) gives a lesion mask for
+``ricenet predict``'s dose figures (:mod:`.dose_overlap`); ``paths`` then holds it too.
 
 >>> cases = load_cohort("cohort.csv")                      # doctest: +SKIP
 >>> cases[0].paths["dose"]                                 # doctest: +SKIP
@@ -103,6 +105,8 @@ def _load_csv(path: Path, require_labels: bool) -> list[Case]:
             if not value:
                 raise InputError(f"{where} (patient {patient}): no {modality} image given.")
             paths[modality] = _existing(base / value, f"{where} (patient {patient}): {modality} image")
+        if row.get("lesion"):
+            paths["lesion"] = _existing(base / row["lesion"], f"{where} (patient {patient}): lesion mask")
         cases.append(Case(patient, label, paths))
     _check_unique(cases, f"Cohort table {path}")
     return cases
@@ -121,6 +125,8 @@ def _load_folder(path: Path, require_labels: bool) -> list[Case]:
         else:
             label = None
         paths = {modality: _find_modality(folder, modality, where) for modality in MODALITIES}
+        if any(p.name.split(".")[0] == "lesion" for p in folder.iterdir()):
+            paths["lesion"] = _find_modality(folder, "lesion", where)
         cases.append(Case(folder.name, label, paths))
     _check_unique(cases, f"Cohort folder {path}")
     return cases

@@ -53,6 +53,7 @@ ROLE_ISODOSE = "isodose"
 ROLE_RESULTS = "results"
 ROLE_REGISTRATION = "registration"
 ROLE_COLORMAP = "colormap"
+ROLE_DOSE_OVERLAP = "dose_overlap"
 
 HEATMAP_COLOR_NODE_NAME = "RICENet Inferno"
 
@@ -217,6 +218,62 @@ def image_to_volume(
         node.CreateDefaultDisplayNodes()
     node.Modified()
     return node
+
+
+# --------------------------------------------------------------------------- lesion masks
+
+def segment_to_image(node, segment_id: str | None = None) -> sitk.Image:
+    """One segment of a segmentation node as a 0/1 uint8 image (LPS), where Slicer shows it.
+
+    Uses the segment's binary labelmap (converted from its source
+    representation, e.g. an RTSTRUCT's closed surface, by the Segmentations
+    module logic, which needs no Qt); a labelmap shared by several segments
+    keeps only this segment's label value. A linear parent transform of the
+    node is folded in exactly, as :func:`volume_to_image` does. Without
+    ``segment_id`` the node must hold exactly one segment.
+    """
+    if node is None:
+        raise InputError("No lesion segmentation selected.")
+    if not node.IsA("vtkMRMLSegmentationNode"):
+        raise InputError(f"Node {_node_label(node)} is a {node.GetClassName()}, not a segmentation.")
+    segmentation = node.GetSegmentation()
+    if not segment_id:
+        if segmentation.GetNumberOfSegments() != 1:
+            raise InputError(f"Segmentation {_node_label(node)} holds {segmentation.GetNumberOfSegments()} segments; "
+                             "choose the lesion's segment.")
+        segment_id = segmentation.GetNthSegmentID(0)
+    segment = segmentation.GetSegment(segment_id)
+    if segment is None:
+        raise InputError(f"Segmentation {_node_label(node)} has no segment '{segment_id}'.")
+    name = f"Segment '{segment.GetName()}' of {_node_label(node)}"
+    labelmap = slicer.vtkOrientedImageData()
+    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(node, segment_id, labelmap, False):
+        raise InputError(f"{name} cannot be turned into a labelmap; convert it in the Segmentations module "
+                         "(Representations: Binary labelmap → Create) and run again.")
+    extent = labelmap.GetExtent()
+    scalars = labelmap.GetPointData().GetScalars()
+    if scalars is None or extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
+        raise InputError(f"{name} is empty: paint the lesion in the Segment Editor, then run again.")
+    dims = labelmap.GetDimensions()
+    array = vtk.util.numpy_support.vtk_to_numpy(scalars).reshape(dims[2], dims[1], dims[0])
+    mask = (array == segment.GetLabelValue()).astype(np.uint8)
+    if not mask.any():
+        raise InputError(f"{name} is empty: paint the lesion in the Segment Editor, then run again.")
+    matrix = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(matrix)
+    ijk_to_ras = numpy_matrix(matrix)
+    ijk_to_ras[:3, 3] = (ijk_to_ras @ np.array([extent[0], extent[2], extent[4], 1.0]))[:3]
+    ijk_to_ras = parent_to_world(node) @ ijk_to_ras
+    image = sitk.GetImageFromArray(mask)
+    _set_geometry_from_ijk_to_ras(image, ijk_to_ras)
+    return image
+
+
+def lesion_to_image(node, segment_id: str | None = None) -> sitk.Image:
+    """A lesion given as a segment of a segmentation node, or as a labelmap (or scalar) volume: nonzero = lesion."""
+    if node is not None and node.IsA("vtkMRMLSegmentationNode"):
+        return segment_to_image(node, segment_id)
+    return volume_to_image(node)
 
 
 # --------------------------------------------------------------------------- finding nodes

@@ -13,6 +13,7 @@ from typing import Any
 import SimpleITK as sitk
 
 from .atomic import atomic_directory, write_json
+from .dose_overlap import prediction_dose_overlap
 from .image_io import read_image, write_image
 from .quality import attach as attach_quality
 from .report import html_report, overview_figure, prediction_verdict, write_html, write_png
@@ -35,8 +36,13 @@ def write_prediction(
     event: sitk.Image | str | os.PathLike,
     dose: sitk.Image | str | os.PathLike,
     overwrite: bool = False,
+    dose_overlap: Any = None,
 ) -> dict[str, Path]:
-    """Write every output into ``out`` at once (built aside, then moved into place)."""
+    """Write every output into ``out`` at once (built aside, then moved into place).
+
+    ``dose_overlap`` (a :class:`~RICENetLib.dose_overlap.DoseOverlap`, e.g. with a lesion's figures) is
+    computed here from the heatmap and the dose when not given.
+    """
     inputs = {name: str(value) if not isinstance(value, sitk.Image) else "(image in memory)"
               for name, value in (("postop", postop), ("event", event), ("dose", dose))}
     if prediction.reference is None:
@@ -45,7 +51,11 @@ def write_prediction(
     data = attach_quality(prediction.to_dict(), prediction)
     data["verdict"] = prediction_verdict(data)
     data["inputs"] = inputs
-    png = overview_figure(event_ref, prediction.reference, prediction.occlusion, _image(dose), title=data["verdict"])
+    dose_image = _image(dose)
+    overlap = dose_overlap if dose_overlap is not None else prediction_dose_overlap(prediction, dose_image)
+    if overlap is not None:
+        data["dose_overlap"] = overlap.to_dict()
+    png = overview_figure(event_ref, prediction.reference, prediction.occlusion, dose_image, title=data["verdict"])
     out = Path(out)
     names = {"prediction": "prediction.json", "overview": "overview.png", "report": "report.html"}
     with atomic_directory(out, overwrite=overwrite) as tmp:

@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path, write_text
+from .dose_overlap import overlap_html
 
 DEFAULT_ISODOSE_GY = (50.0, 60.0)
 
@@ -140,6 +141,7 @@ img {{ max-width: 100%; border-radius: 6px; }} .note {{ color: #666; font-size: 
 <p>Votes: {esc(', '.join(f'{k} {v}' for k, v in prediction['votes'].items()))}; agreement {esc(prediction['agreement'])}.
 Model bundle <code>{esc(str(prediction.get('bundle_id', '')))}</code>. {('Timings: ' + timings + '.') if timings else ''}</p>
 {figure}
+{overlap_html(prediction.get("dose_overlap"))}
 <h2>Inputs</h2><table>{input_rows}</table>
 <p class="note">Research software, not a medical device. The result must be read together with the full clinical picture.</p>
 </body></html>

@@ -153,6 +153,9 @@ class ClassificationJob:
     postop_id: str
     event_id: str
     dose_id: str
+    lesion: sitk.Image | None = None  # a mask where Slicer shows it (world = the post-op frame)
+    lesion_name: str = ""
+    dose_overlap: Any = None  # set by compute (RICENetLib.dose_overlap.DoseOverlap)
 
     @property
     def key(self) -> str:
@@ -202,8 +205,13 @@ class ClassificationLogic:
         return mrml.guess_input_volumes(self.scene)
 
     # -- the three steps ---------------------------------------------------
-    def prepare(self, postop_node: Any, event_node: Any, dose_node: Any, settings: ClassificationSettings) -> ClassificationJob:
-        """Check the settings and read the volumes as shown (main thread)."""
+    def prepare(self, postop_node: Any, event_node: Any, dose_node: Any, settings: ClassificationSettings,
+                lesion_node: Any = None, lesion_segment_id: str | None = None) -> ClassificationJob:
+        """Check the settings and read the volumes as shown (main thread).
+
+        ``lesion_node`` (a segmentation with ``lesion_segment_id``, or a labelmap volume) outlines the lesion
+        for the dose figures (:mod:`RICENetLib.dose_overlap`).
+        """
         settings.validate()
         for name, node in (("post-op MRI", postop_node), ("event MRI", event_node), ("dose", dose_node)):
             if node is None:
@@ -218,12 +226,27 @@ class ClassificationLogic:
             dose=mrml.volume_to_image(dose_node),
             settings=settings,
             postop_id=ids[0], event_id=ids[1], dose_id=ids[2],
+            **self._lesion(lesion_node, lesion_segment_id),
         )
 
+    @staticmethod
+    def _lesion(node: Any, segment_id: str | None) -> dict[str, Any]:
+        if node is None:
+            return {}
+        from .dose_overlap import lesion_mask
+
+        segment = node.GetSegmentation().GetSegment(segment_id) if segment_id and node.IsA("vtkMRMLSegmentationNode") else None
+        name = f"Lesion '{segment.GetName()}' of '{node.GetName()}'" if segment is not None else f"Lesion '{node.GetName()}'"
+        return {"lesion": lesion_mask(mrml.lesion_to_image(node, segment_id), name), "lesion_name": name}
+
     def compute(self, job: ClassificationJob, progress: Any = None, cancel: Any = None) -> Any:
-        """Run the ensemble (and occlusion) on the job's images; touches no MRML (worker thread)."""
-        return self.predict(job.settings.bundle, job.postop, job.event, job.dose, progress=progress, cancel=cancel,
-                            **job.settings.predict_options())
+        """Run the ensemble (and occlusion) on the job's images, then the dose figures; touches no MRML (worker thread)."""
+        from .dose_overlap import prediction_dose_overlap
+
+        prediction = self.predict(job.settings.bundle, job.postop, job.event, job.dose, progress=progress, cancel=cancel,
+                                  **job.settings.predict_options())
+        job.dose_overlap = prediction_dose_overlap(prediction, job.dose, lesion=job.lesion, lesion_name=job.lesion_name)
+        return prediction
 
     def show(self, job: ClassificationJob, prediction: Any) -> ClassificationResult:
         """Create or update the result nodes and set up the slice views (main thread)."""
@@ -252,6 +275,7 @@ class ClassificationLogic:
             if stale is not None:  # a heatmap of an earlier run would now be misleading
                 scene.RemoveNode(stale)
             mrml.show_in_slice_views(scene, background=event_node)
+        ids.update(self._show_dose_overlap(job, name))
         levels = parse_levels(job.settings.isodose_levels)
         if levels and dose_node is not None:
             scale = 0.01 if job.settings.dose_unit == "cGy" else 1.0
@@ -259,10 +283,23 @@ class ClassificationLogic:
                                                  name=f"{name} RICE-NET isodose").GetID()
         return ClassificationResult(prediction, verdict_line(prediction), ids)
 
+    def _show_dose_overlap(self, job: ClassificationJob, name: str) -> dict[str, str]:
+        """The dose figures as a table of their own (quantity, value); a stale one goes."""
+        if job.dose_overlap is None:
+            stale = mrml.find_role_node(self.scene, "vtkMRMLTableNode", mrml.ROLE_DOSE_OVERLAP, job.key)
+            if stale is not None:
+                self.scene.RemoveNode(stale)
+            return {}
+        rows = [{"quantity": quantity, "value": value} for quantity, value in job.dose_overlap.rows()]
+        node = mrml.update_table_from_rows(self.scene, rows, role=mrml.ROLE_DOSE_OVERLAP, key=job.key,
+                                           name=f"{name} RICE-NET heatmap and dose")
+        return {"dose_overlap": node.GetID()}
+
     def run(self, postop_node: Any, event_node: Any, dose_node: Any, settings: ClassificationSettings,
-            progress: Any = None, cancel: Any = None) -> ClassificationResult:
+            progress: Any = None, cancel: Any = None, lesion_node: Any = None,
+            lesion_segment_id: str | None = None) -> ClassificationResult:
         """All three steps on the calling thread (scripts, tests, the Slicer self-test)."""
-        job = self.prepare(postop_node, event_node, dose_node, settings)
+        job = self.prepare(postop_node, event_node, dose_node, settings, lesion_node, lesion_segment_id)
         return self.show(job, self.compute(job, progress, cancel))
 
     def start(self, job: ClassificationJob) -> BackgroundTask:
@@ -274,7 +311,8 @@ class ClassificationLogic:
         """Write the CLI's report (prediction.json, occlusion.nii.gz, overview.png, report.html) into ``folder``."""
         from .prediction_outputs import write_prediction
 
-        return write_prediction(prediction, folder, job.postop, job.event, job.dose, overwrite=overwrite)
+        return write_prediction(prediction, folder, job.postop, job.event, job.dose, overwrite=overwrite,
+                                dose_overlap=job.dose_overlap)
 
     def restyle_heatmap(self, heatmap_id: str | None, settings: ClassificationSettings, *, force: bool = False) -> bool:
         """Apply changed threshold/opacity to the shown heatmap without recomputing it; True when restyled.

@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "says so)")
     parser.add_argument("--per-modality", action="store_true",
                         help="with --occlusion: also one map per channel (occlude one modality at a time)")
+    parser.add_argument("--lesion", metavar="MASK",
+                        help="lesion mask (label image, nonzero = lesion, any grid of the post-op frame): its dose "
+                        "(mean, max, D95, V95) and the heatmap's share in it go into prediction.json (dose_overlap)")
+    parser.add_argument("--lesion-space", choices=("reference", "event"), default="reference",
+                        help="frame the --lesion mask was drawn in: reference (post-op/planning, default) or event "
+                        "(moved through the registration)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--skull-strip", default=None, help="override the bundle's skull-stripping backend")
     parser.add_argument("--dose-unit", choices=("Gy", "cGy"), default=None, help="unit of the dose values if not Gy")
@@ -80,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         if warning:
             logging.getLogger("ricenet").warning("--occlusion-precision float16: %s", warning)
     options = dict(device=device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
+    if args.cohort and args.lesion:
+        raise InputError("--lesion is for one case; give a cohort's masks in its table's optional lesion column.")
     out = Path(args.out)
     check_writable(out)  # before minutes of work, not after
     if not args.cohort:
@@ -89,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int:
+    from ..dose_overlap import check_lesion_overlaps, prediction_dose_overlap, read_lesion_mask
     from ..inference import predict_case
     from ..output_folder import writing
     from ..prediction_outputs import write_prediction
@@ -96,11 +105,19 @@ def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int
     from ..report import prediction_verdict
     from .progressbar import progress_bar
 
+    lesion = read_lesion_mask(args.lesion) if args.lesion else None  # a bad mask fails before the long part
+    if lesion is not None:
+        space = (args.event, "the event MRI") if args.lesion_space == "event" else (args.postop, "the post-op MRI")
+        check_lesion_overlaps(lesion, space[0], f"Lesion mask {args.lesion}", f"{space[1]} {space[0]}")
     with progress_bar("predicting") as progress:
         prediction = predict_case(bundle, args.postop, args.event, args.dose, progress=progress, **options)
+    overlap = prediction_dose_overlap(prediction, args.dose, lesion=lesion,
+                                      lesion_name=f"Lesion mask {args.lesion}", lesion_space=args.lesion_space)
     with writing(out):
-        paths = write_prediction(prediction, out, args.postop, args.event, args.dose, overwrite=args.overwrite)
+        paths = write_prediction(prediction, out, args.postop, args.event, args.dose, overwrite=args.overwrite,
+                                 dose_overlap=overlap)
     print(prediction_verdict(attach(prediction.to_dict(), prediction)))
+    print("".join(f"  {quantity}: {value}\n" for quantity, value in (overlap.rows() if overlap else ())), end="")
     quality = report_of(prediction)
     print(f"quality: {quality.worst}\n{quality.summary()}" if quality else "quality: not computed")
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
@@ -112,6 +129,8 @@ def _run_cohort(args: argparse.Namespace, bundle, out: Path, options: dict) -> i
     says how many failed."""
     from ..atomic import atomic_path
     from ..cohort import check_patient_id, load_cohort
+    from ..dose_overlap import csv_columns as overlap_columns
+    from ..dose_overlap import prediction_dose_overlap
     from ..errors import Cancelled, RICENetError
     from ..inference import predict_case
     from ..output_folder import OutputError, check_replaceable, writing
@@ -134,26 +153,30 @@ def _run_cohort(args: argparse.Namespace, bundle, out: Path, options: dict) -> i
             p = case.paths
             try:
                 prediction = predict_case(bundle, p["postop"], p["event"], p["dose"], progress=case_progress, **options)
+                overlap = prediction_dose_overlap(prediction, p["dose"], lesion=p.get("lesion"),
+                                                  lesion_space=args.lesion_space)
                 with writing(out / case.patient_id):
                     write_prediction(prediction, out / case.patient_id, p["postop"], p["event"], p["dose"],
-                                     overwrite=args.overwrite)
+                                     overwrite=args.overwrite, dose_overlap=overlap)
             except Cancelled:
                 raise
             except RICENetError as error:
                 failed.append(case.patient_id)
                 print(f"ricenet predict: {case.patient_id}: {error}", file=sys.stderr)
                 rows.append([case.patient_id, case.label or "", "", ""] + [""] * len(bundle.class_names)
-                            + [""] * len(csv_columns(None)) + [str(error)])
+                            + [""] * (len(csv_columns(None)) + len(overlap_columns())) + [str(error)])
                 continue
             data = prediction.to_dict()
             rows.append([case.patient_id, case.label or "", data["label"], data["agreement"]]
                         + [f"{data['probabilities'][c]:.4f}" for c in bundle.class_names]
-                        + list(csv_columns(report_of(prediction)).values()) + [""])
+                        + list(csv_columns(report_of(prediction)).values())
+                        + list(overlap.csv_fields().values() if overlap else [""] * len(overlap_columns())) + [""])
             scored.append((case.label, data["label"], [data["probabilities"][c] for c in bundle.class_names]))
     with writing(table), atomic_path(table) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["patient_id", "true_label", "predicted_label", "agreement"]
-                        + [f"p_{c}" for c in bundle.class_names] + list(csv_columns(None)) + ["error"])
+                        + [f"p_{c}" for c in bundle.class_names] + list(csv_columns(None))
+                        + overlap_columns() + ["error"])
         writer.writerows(rows)
     print(f"{len(scored)} of {len(cases)} cases classified; table: {table}")
     labelled = [(truth, label, p) for truth, label, p in scored if truth in bundle.class_names]
