@@ -74,6 +74,7 @@ class EnsemblePrediction:
     reference: sitk.Image | None = None
     event_to_reference: sitk.Transform | None = None  # ITK convention: maps reference points to event points
     preprocessed: Any = None
+    trust: dict[str, Any] | None = None  # model_validation, calibrated_probability, prediction_set (trust.py)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written as ``prediction.json``."""
@@ -89,6 +90,8 @@ class EnsemblePrediction:
         }
         if self.occlusion_settings is not None:
             out["occlusion"] = self.occlusion_settings
+        if self.trust is not None:
+            out.update(self.trust)
         return out
 
 
@@ -217,7 +220,10 @@ def predict_case(
     combined = combine_folds(probabilities, bundle.class_names, [f.index for f in bundle.folds],
                              source=f"Model bundle {bundle.path}")
     timings["ensemble"] = time.perf_counter() - tick
+    from .trust import assess
+
     prediction = EnsemblePrediction(
+        trust=assess(bundle.metadata, combined["probabilities"]),
         bundle_id=bundle.id,
         timings_s=timings,
         reference=prepared.reference_image(),

@@ -587,6 +587,9 @@ def update_results_table(
     rows.append(("mean", [float(probabilities.get(c, math.nan)) for c in classes], label))
     rows.append(("vote", [float(votes.get(c, math.nan)) for c in classes], label))
     rows.append(("agreement", [math.nan for _ in classes], agreement))
+    from .trust import table_rows as trust_rows
+
+    rows.extend(trust_rows(prediction.to_dict() if hasattr(prediction, "to_dict") else dict(prediction), classes))
 
     table = vtk.vtkTable()
     fold_column = vtk.vtkStringArray()

@@ -99,7 +99,10 @@ def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int
         prediction = predict_case(bundle, args.postop, args.event, args.dose, progress=progress, **options)
     with writing(out):
         paths = write_prediction(prediction, out, args.postop, args.event, args.dose, overwrite=args.overwrite)
+    from ..trust import validation_line
+
     print(prediction_verdict(prediction.to_dict()))
+    print(validation_line(prediction.to_dict()))
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 
