@@ -80,12 +80,16 @@ def test_classify_a_case_end_to_end(scene_with_case, tiny_bundle, small_case, tm
     assert seen and seen[-1] == pytest.approx(1.0)
     label = prediction.label
     agree, total = prediction.agreement.split("/")
-    assert result.verdict.startswith(("Recurrence", "RICE")) and f"{agree} of {total} folds" in result.verdict
+    # An untrained bundle has no cross-validation AUC: the verdict says so before the label.
+    assert result.verdict.startswith("Model not validated (no cross-validation AUC) — ")
+    assert " — Recurrence — " in result.verdict or " — RICE" in result.verdict
+    assert f"{agree} of {total} folds" in result.verdict
     assert f"mean p = {prediction.probabilities[label]:.2f}" in result.verdict
 
     # Table: one row per fold, then mean, vote, agreement.
     rows = mrml.table_rows(scene.GetNodeByID(result.node_ids["table"]))
-    assert [r["fold"] for r in rows] == ["0", "1", "mean", "vote", "agreement"]
+    assert [r["fold"] for r in rows] == ["0", "1", "mean", "vote", "agreement", "cross-validation", "90 % set"]
+    assert rows[5]["label"].startswith("not validated: AUC —") and rows[6]["label"] == "not available"
     assert rows[2]["p(recurrence)"] == pytest.approx(prediction.probabilities["recurrence"], abs=1e-6)
     assert rows[4]["label"] == prediction.agreement
 

@@ -367,6 +367,10 @@ def describe_bundle(bundle: ModelBundle) -> list[str]:
         lines.append(f"fold {fold.index:<8} {fold.weights} sha256 {fold.sha256[:16]}…, epoch {fold.epoch}, "
                      f"validation macro F1 {f1 if f1 is None else round(f1, 3)}, "
                      f"{len(fold.validation_patients)} validation patient(s)")
+    calibration = meta.get("calibration")
+    if calibration:
+        lines.append(f"calibration   temperature {calibration['temperature']:.3f} on {calibration['n_patients']} "
+                     f"out-of-fold patients (ECE {calibration['ece_before']:.3f} → {calibration['ece_after']:.3f})")
     lines.append(f"{CHECKSUM_KEY} {meta.get(CHECKSUM_KEY)}")
     return lines
 

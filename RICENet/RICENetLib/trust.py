@@ -124,7 +124,10 @@ def qualify_verdict(base: str, prediction: Mapping[str, Any]) -> str:
     validation = prediction.get("model_validation")
     prefix, suffix = "", ""
     if validation and not validation.get("separates_classes", True):
-        prefix = f"Model cannot separate the classes ({_auc_text(validation)}) — "
+        if (validation.get("auc") or {}).get("mean") is None:  # untrained, or no fold validated both classes
+            prefix = "Model not validated (no cross-validation AUC) — "
+        else:
+            prefix = f"Model cannot separate the classes ({_auc_text(validation)}) — "
     calibrated = prediction.get("calibrated_probability")
     if calibrated:
         suffix += f", calibrated p = {float(calibrated[prediction['label']]):.2f}"
@@ -212,7 +215,9 @@ def table_rows(prediction: Mapping[str, Any], classes: Sequence[str]) -> list[tu
     if validation:
         text = f"AUC {_mean_sd(validation['auc'])}, macro F1 {_mean_sd(validation['macro_f1'])}, " \
                f"{validation['n_validation_patients']} patients"
-        if not validation.get("separates_classes", True):
+        if (validation.get("auc") or {}).get("mean") is None:
+            text = "not validated: " + text
+        elif not validation.get("separates_classes", True):
             text = "cannot separate the classes: " + text
         rows.append(("cross-validation", [nan for _ in classes], text))
     prediction_set = prediction.get("prediction_set")
