@@ -100,6 +100,8 @@ def test_bundle_round_trip_of_out_of_fold_and_calibration_and_the_seal(tmp_path)
     assert trust["model_validation"]["n_validation_patients"] == 24
     assert trust["prediction_set"]["available"] and "recurrence" in trust["prediction_set"]["classes"]
     assert sum(trust["calibrated_probability"].values()) == pytest.approx(1.0)
+    strict = assess(bundle.metadata, {"recurrence": 0.9, "rice": 0.1}, coverage=0.95)["prediction_set"]
+    assert not strict["available"] and "95 % set needs at least 19 calibration patients per class" in strict["reason"]
 
     header = json.loads((path / BUNDLE_FILE).read_text(encoding="utf-8"))
     header["calibration"]["temperature"] = 0.2  # sharper: a more confident model than was fitted
@@ -136,13 +138,14 @@ def test_model_validation_of_a_bundle_without_auc():
 
 @pytest.mark.usefixtures("one_thread")
 def test_trained_bundle_gives_prediction_json_with_validation_calibration_and_set(tmp_path, capsys):
-    """Train a tiny ensemble in memory, then `ricenet predict` a synthetic case with it."""
+    """Train a tiny ensemble in memory (20 patients: enough to apply the calibration and a 90 % set), then
+    `ricenet predict` a synthetic case with it."""
     from RICENetLib.cli import main
     from RICENetLib.synthetic import generate_case, write_case
     from RICENetTrainingLib.training import TrainingParameters, train_ensemble
 
-    cases, arrays = make_cohort(3, 3)
-    params = TrainingParameters(n_folds=2, epochs=1, batch_size=2, architecture=tiny_architecture())
+    cases, arrays = make_cohort(10, 10)
+    params = TrainingParameters(n_folds=2, epochs=1, batch_size=4, architecture=tiny_architecture())
     result = train_ensemble(cases, tmp_path / "bundle", params, load=loader(arrays),
                             preprocessing={"input_size": [32, 32, 32], "spacing_mm": 6.0, "skull_strip": "none"})
     metadata = load_bundle(result.bundle).metadata
@@ -151,20 +154,30 @@ def test_trained_bundle_gives_prediction_json_with_validation_calibration_and_se
     for entry in oof:
         fold = next(f for f in result.folds if f.fold == entry["fold"])
         assert entry["patient_id"] in fold.validation_patients
-    assert metadata["calibration"]["n_patients"] == 6
+    assert metadata["calibration"]["n_patients"] == 20
     paths = write_case(generate_case("P1", "rice", seed=2, size=48), tmp_path / "case")
     code = main(["predict", "--bundle", str(result.bundle), "--postop", str(paths["postop"]), "--event",
                  str(paths["event"]), "--dose", str(paths["dose"]), "--out", str(tmp_path / "out"), "--device", "cpu"])
     printed = capsys.readouterr().out
     assert code == 0
     data = json.loads((tmp_path / "out" / "prediction.json").read_text(encoding="utf-8"))
-    assert data["model_validation"]["n_validation_patients"] == 6 and data["model_validation"]["n_folds"] == 2
-    assert set(data["calibrated_probability"]) == set(CLASSES)
-    assert data["prediction_set"]["available"] is False and data["prediction_set"]["needed_per_class"] == 9
-    assert data["verdict"].endswith("(90 % set not available: needs 9 validation patients per class, "
-                                    "has recurrence 3, rice 3)")
-    assert data["verdict"] in printed and "model validation (2 folds, 6 validation patients)" in printed
+    assert data["model_validation"]["n_validation_patients"] == 20 and data["model_validation"]["n_folds"] == 2
+    assert set(data["calibrated_probability"]) == set(CLASSES) and data["calibration"]["applied"] is True
+    assert data["prediction_set"]["available"] is True and set(data["prediction_set"]["classes"]) <= set(CLASSES)
+    assert "% set" in data["verdict"] and "calibrated p = " in data["verdict"]
+    assert data["verdict"] in printed and "model validation (2 folds, 20 validation patients)" in printed
     assert "How far to trust this" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_temperature_from_too_few_patients_is_not_applied():
+    _, oof = _oof(3)  # 6 patients
+    metadata = {"class_names": list(CLASSES), "folds": [], "out_of_fold": oof,
+                "calibration": calibration_from_out_of_fold(oof, CLASSES)}
+    trust = assess(metadata, {"recurrence": 0.52, "rice": 0.48})
+    assert trust["calibrated_probability"] is None and trust["calibration"]["applied"] is False
+    assert "fitted on 6 out-of-fold patients; at least 20 are needed" in trust["calibration"]["reason"]
+    assert "calibrated p" not in prediction_verdict(_prediction(**trust))
+    assert "no calibration: the temperature was fitted on 6" in validation_line(_prediction(**trust))
 
 
 def test_calibration_without_out_of_fold_is_refused(tmp_path):
@@ -173,3 +186,15 @@ def test_calibration_without_out_of_fold_is_refused(tmp_path):
         write_bundle(tmp_path / "b", folds, modalities=("postop", "event", "dose"), architecture=tiny_architecture(),
                      input_size=(32, 32, 32), preprocessing={"spacing_mm": 6.0, "skull_strip": "none"}, seed=0,
                      calibration=calibration_from_out_of_fold(oof, CLASSES))
+
+
+def test_a_coverage_outside_0_and_1_is_refused_by_the_cli(tmp_path, capsys):
+    from RICENetLib.cli import main
+
+    folds, oof = _oof(12)
+    path = _write(tmp_path / "b", folds, oof)
+    code = main(["predict", "--bundle", str(path), "--postop", "a", "--event", "b", "--dose", "c", "--out",
+                 str(tmp_path / "out"), "--coverage", "90"])
+    error = capsys.readouterr().err
+    assert code == 2 and "--coverage: coverage must be between 0 and 1 (e.g. 0.9 for 90 %), got 90.0" in error
+    assert "Traceback" not in error and not (tmp_path / "out").exists()

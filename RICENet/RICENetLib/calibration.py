@@ -50,6 +50,12 @@ ECE_BINS = 10
 #: Probabilities are clipped to [EPS, 1 − EPS] before the log: a softmax that rounds to exactly 0 or 1
 #: would otherwise give an infinite log-odds that no temperature can move.
 EPS = 1e-6
+#: Fewer out-of-fold patients than this and the temperature is recorded but not applied. One parameter fitted
+#: by maximum likelihood on a handful of patients follows the sample, not the model: when the raw scores happen
+#: to rank every patient right (likely with 6 patients) the likelihood keeps rising as T → 0, and a temperature of
+#: 0.09 turns p = 0.52 into 0.72. Twenty patients (ten per class in a balanced cohort) is the usual floor for
+#: fitting one calibration parameter; the paper's 80 are well above it.
+MIN_CALIBRATION_PATIENTS = 20
 #: The search range of T: beyond it the scores are either all ~0.5 or all ~0/1, so the data carry nothing more.
 T_RANGE = (0.05, 20.0)
 

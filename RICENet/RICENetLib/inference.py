@@ -176,6 +176,7 @@ def predict_case(
     dose_unit: str | None = None,
     progress=None,
     cancel=None,
+    coverage: float | None = None,
 ) -> EnsemblePrediction:
     """Classify one case with a bundle (a path or a loaded :class:`~RICENetLib.bundle.ModelBundle`).
 
@@ -183,12 +184,19 @@ def predict_case(
     ``dose_unit`` override only what depends on the user's data. With
     ``occlusion`` (an :class:`~RICENetLib.occlusion.OcclusionSettings` or a
     preset name) the heatmap is computed too and mapped to the reference space.
+    ``coverage`` is that of the conformal prediction set (default 0.9, :mod:`RICENetLib.trust`).
     """
     from .bundle import ModelBundle, load_bundle
     from .preprocessing import PreprocessParameters, preprocess_case
 
+    from .conformal import DEFAULT_COVERAGE, check_coverage
+
     report = as_progress(progress, cancel)
     occlusion = resolve_occlusion(occlusion)
+    try:
+        coverage = check_coverage(DEFAULT_COVERAGE if coverage is None else coverage)
+    except ValueError as error:
+        raise InputError(f"Prediction-set {error}.") from None
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if not isinstance(bundle, ModelBundle):
@@ -223,7 +231,7 @@ def predict_case(
     from .trust import assess
 
     prediction = EnsemblePrediction(
-        trust=assess(bundle.metadata, combined["probabilities"]),
+        trust=assess(bundle.metadata, combined["probabilities"], coverage),
         bundle_id=bundle.id,
         timings_s=timings,
         reference=prepared.reference_image(),

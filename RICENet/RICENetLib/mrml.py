@@ -589,7 +589,9 @@ def update_results_table(
     rows.append(("agreement", [math.nan for _ in classes], agreement))
     from .trust import table_rows as trust_rows
 
-    rows.extend(trust_rows(prediction.to_dict() if hasattr(prediction, "to_dict") else dict(prediction), classes))
+    source = prediction.to_dict() if hasattr(prediction, "to_dict") else prediction
+    rows.extend(trust_rows({k: _field(source, k) for k in ("model_validation", "calibrated_probability", "calibration",
+                                                           "prediction_set")}, classes))
 
     table = vtk.vtkTable()
     fold_column = vtk.vtkStringArray()

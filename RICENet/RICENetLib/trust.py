@@ -70,12 +70,21 @@ def assess(metadata: Mapping[str, Any], probabilities: Mapping[str, float],
     out: dict[str, Any] = {"model_validation": model_validation(metadata)}
     calibration = metadata.get("calibration")
     raw = [[float(probabilities[c]) for c in classes]]
-    if calibration:
+    from .calibration import MIN_CALIBRATION_PATIENTS
+
+    if calibration and calibration["n_patients"] < MIN_CALIBRATION_PATIENTS:
+        out["calibrated_probability"] = None
+        out["calibration"] = {"applied": False, "n_patients": calibration["n_patients"],
+                              "temperature": float(calibration["temperature"]),
+                              "reason": f"the temperature was fitted on {calibration['n_patients']} out-of-fold "
+                                        f"patients; at least {MIN_CALIBRATION_PATIENTS} are needed to apply it"}
+        temperature = None
+    elif calibration:
         temperature = float(calibration["temperature"])
         calibrated = apply_temperature(raw, temperature)[0]
         out["calibrated_probability"] = {c: float(calibrated[k]) for k, c in enumerate(classes)}
-        out["calibration"] = {k: calibration[k] for k in ("method", "temperature", "n_patients", "ece_before",
-                                                           "ece_after", "brier_before", "brier_after")}
+        out["calibration"] = {"applied": True, **{k: calibration[k] for k in (
+            "method", "temperature", "n_patients", "ece_before", "ece_after", "brier_before", "brier_after")}}
     else:
         temperature = None
         out["calibrated_probability"] = None
@@ -154,7 +163,9 @@ def validation_line(prediction: Mapping[str, Any]) -> str:
     if not validation.get("separates_classes", True):
         parts.append(f"AUC under {validation['min_separating_auc']}: the model cannot separate the classes")
     calibration = prediction.get("calibration")
-    if calibration:
+    if calibration and not calibration.get("applied", True):
+        parts.append(f"no calibration: {calibration['reason']}")
+    elif calibration:
         parts.append(f"temperature {calibration['temperature']:.2f} (out-of-fold ECE {calibration['ece_before']:.3f} "
                      f"→ {calibration['ece_after']:.3f})")
     prediction_set = prediction.get("prediction_set") or {}
@@ -179,6 +190,8 @@ def trust_html(prediction: Mapping[str, Any]) -> str:
         rows.append(("Temperature (out-of-fold patients)", f"{calibration['temperature']:.3f} ({calibration['n_patients']})"))
         rows.append(("ECE, 10 equal-width bins: raw → calibrated", f"{calibration['ece_before']:.3f} → {calibration['ece_after']:.3f}"))
         rows.append(("Brier score: raw → calibrated", f"{calibration['brier_before']:.3f} → {calibration['brier_after']:.3f}"))
+    elif calibration:
+        rows.append(("Calibrated probability", f"not applied: {calibration.get('reason', '')}"))
     else:
         rows.append(("Calibrated probability", "not available (the bundle has no calibration)"))
     prediction_set = prediction.get("prediction_set") or {}

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skull-strip", default=None, help="override the bundle's skull-stripping backend")
     parser.add_argument("--dose-unit", choices=("Gy", "cGy"), default=None, help="unit of the dose values if not Gy")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--coverage", type=float, default=None, metavar="FRACTION",
+                        help="coverage of the conformal prediction set (default 0.9: the set holds the true class "
+                        "for at least 90 %% of patients like the bundle's validation patients)")
 
 
 #: What ``ricenet predict`` writes into a case's folder (``--overwrite`` replaces a folder holding nothing else).
@@ -80,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
         if warning:
             logging.getLogger("ricenet").warning("--occlusion-precision float16: %s", warning)
     options = dict(device=device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
+    if args.coverage is not None:
+        from ..conformal import check_coverage
+
+        try:
+            options["coverage"] = check_coverage(args.coverage)
+        except ValueError as error:
+            raise InputError(f"--coverage: {error}.") from None
     out = Path(args.out)
     check_writable(out)  # before minutes of work, not after
     if not args.cohort:
