@@ -80,13 +80,18 @@ def test_classify_a_case_end_to_end(scene_with_case, tiny_bundle, small_case, tm
     assert seen and seen[-1] == pytest.approx(1.0)
     label = prediction.label
     agree, total = prediction.agreement.split("/")
-    assert result.verdict.split(". ")[-1].startswith(("Recurrence", "RICE")) and f"{agree} of {total} folds" in result.verdict
+    # An untrained bundle has no cross-validation AUC: the verdict says so before the label (and the quality gates).
+    assert result.verdict.startswith("Model not validated (no cross-validation AUC) — ")
+    assert result.verdict.split(". ")[-1].startswith(("Recurrence", "RICE")) or " — Recurrence — " in result.verdict \
+        or " — RICE" in result.verdict
+    assert f"{agree} of {total} folds" in result.verdict
     assert f"mean p = {prediction.probabilities[label]:.2f}" in result.verdict
 
     # Table: one row per fold, then mean, vote, agreement, then one row per quality gate.
     rows = mrml.table_rows(scene.GetNodeByID(result.node_ids["table"]))
     gates = [f"quality: {name}" for name in quality.GATE_NAMES]
-    assert [r["fold"] for r in rows] == ["0", "1", "mean", "vote", "agreement"] + gates
+    assert [r["fold"] for r in rows] == ["0", "1", "mean", "vote", "agreement", "cross-validation", "90 % set"] + gates
+    assert rows[5]["label"].startswith("not validated: AUC —") and rows[6]["label"] == "not available"
     assert rows[2]["p(recurrence)"] == pytest.approx(prediction.probabilities["recurrence"], abs=1e-6)
     assert rows[4]["label"] == prediction.agreement
     # Skull stripping "none" on a head with its skull: the "brain" is the whole field of view, and the gates say so.

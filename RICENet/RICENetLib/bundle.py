@@ -143,12 +143,18 @@ def write_bundle(
     training: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, str | os.PathLike] | None = None,
     overwrite: bool = False,
+    out_of_fold: Sequence[Mapping[str, Any]] | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a bundle atomically: the folder appears complete or not at all.
 
     ``folds`` carry their ``state_dict``; file names and checksums are filled
     in here. ``extra_files`` (name in the bundle → source path) are copied
-    alongside, e.g. the training log and curves. The written bundle is loaded
+    alongside, e.g. the training log and curves. ``out_of_fold`` (every
+    validation patient's probabilities from the one fold that validated it:
+    ``{patient_id, label, p: {class: p}, fold}``) and ``calibration``
+    (:func:`RICENetLib.calibration.fit_temperature` on them) are sealed with
+    the rest (:func:`_check_out_of_fold`). The written bundle is loaded
     back before it is moved into place, so a bundle that exists is a bundle
     that loads.
     """
@@ -194,6 +200,10 @@ def write_bundle(
         header["id"] = f"ricenet-{'+'.join(modalities)}-{digest[:12]}"
         header["folds"] = [f.to_json() for f in written]
         header["metrics"] = fold_metrics_summary(written)
+        if out_of_fold is not None:
+            header["out_of_fold"] = [dict(entry) for entry in out_of_fold]
+        if calibration is not None:
+            header["calibration"] = dict(calibration)
         for name, source in (extra_files or {}).items():
             if name == BUNDLE_FILE or _WEIGHTS_NAME.match(name) or "/" in name or name.startswith("."):
                 raise BundleError(f"Bundle {path}: extra file name '{name}' is reserved or not a plain name.")
@@ -309,6 +319,7 @@ def load_bundle(path: str | os.PathLike, *, verify_checksum: bool = True) -> Mod
     if not isinstance(raw_folds, list) or not raw_folds:
         raise BundleError(f"{header_path} lists no folds.")
     _check_fold_entries(raw_folds, str(header_path))
+    _check_out_of_fold(metadata, str(header_path))
     _check_memory(metadata, path)
     folds = [_load_fold(path, entry, expected, str(header_path)) for entry in raw_folds]
     return ModelBundle(path, metadata, sorted(folds, key=lambda f: f.index))
@@ -356,6 +367,10 @@ def describe_bundle(bundle: ModelBundle) -> list[str]:
         lines.append(f"fold {fold.index:<8} {fold.weights} sha256 {fold.sha256[:16]}…, epoch {fold.epoch}, "
                      f"validation macro F1 {f1 if f1 is None else round(f1, 3)}, "
                      f"{len(fold.validation_patients)} validation patient(s)")
+    calibration = meta.get("calibration")
+    if calibration:
+        lines.append(f"calibration   temperature {calibration['temperature']:.3f} on {calibration['n_patients']} "
+                     f"out-of-fold patients (ECE {calibration['ece_before']:.3f} → {calibration['ece_after']:.3f})")
     lines.append(f"{CHECKSUM_KEY} {meta.get(CHECKSUM_KEY)}")
     return lines
 
@@ -526,6 +541,62 @@ def _check_fold_entries(entries: list[Any], where: str) -> None:
     repeated = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
     if repeated:
         raise BundleError(f"{where}: folds share the weights file {repeated[0]}; each fold needs its own model.")
+
+
+def _finite_number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_out_of_fold(metadata: dict[str, Any], where: str) -> None:
+    """``out_of_fold`` and ``calibration`` (both optional, the second needs the first) must mean what they say.
+
+    Every entry names a patient that its fold validated, once; a label among
+    the class names; a probability per class in [0, 1] summing to 1. The
+    calibration's temperature is a positive number and its patient count that
+    of ``out_of_fold``. An older bundle without them loads (without calibration).
+    """
+    oof, calibration = metadata.get("out_of_fold"), metadata.get("calibration")
+    if oof is None:
+        if calibration is not None:
+            raise BundleError(f"{where}: 'calibration' without 'out_of_fold' (the data it was fitted on).")
+        return
+    classes = list(metadata["class_names"])
+    validated = {f["index"]: set(f.get("validation_patients") or []) for f in metadata["folds"]}
+    if not isinstance(oof, list) or not oof:
+        raise BundleError(f"{where}: 'out_of_fold' must be a non-empty list of patients' out-of-fold probabilities.")
+    seen: set[str] = set()
+    for number, entry in enumerate(oof):
+        name = f"{where}: out_of_fold entry {number + 1}"
+        if not isinstance(entry, dict) or set(entry) != {"patient_id", "label", "p", "fold"}:
+            raise BundleError(f"{name} must have exactly patient_id, label, p and fold.")
+        patient, fold, p = entry["patient_id"], entry["fold"], entry["p"]
+        if not isinstance(patient, str) or patient in seen:
+            raise BundleError(f"{name}: patient id {patient!r} is not a string or appears twice "
+                              "(each patient is validated by exactly one fold).")
+        seen.add(patient)
+        if entry["label"] not in classes:
+            raise BundleError(f"{name} ({patient}): label {entry['label']!r} is not one of {', '.join(classes)}.")
+        if not isinstance(fold, int) or isinstance(fold, bool) or patient not in validated.get(fold, ()):
+            raise BundleError(f"{name} ({patient}): fold {fold!r} did not validate this patient.")
+        if (not isinstance(p, dict) or set(p) != set(classes) or not all(_finite_number(v) and 0 <= v <= 1 for v in p.values())
+                or abs(sum(p.values()) - 1.0) > 1e-4):
+            raise BundleError(f"{name} ({patient}): 'p' must give every class ({', '.join(classes)}) a probability "
+                              "in [0, 1], summing to 1.")
+    if calibration is None:
+        return
+    if not isinstance(calibration, dict) or not isinstance(calibration.get("method"), str):
+        raise BundleError(f"{where}: 'calibration' must be an object with a 'method'.")
+    temperature = calibration.get("temperature")
+    if not _finite_number(temperature) or temperature <= 0:
+        raise BundleError(f"{where}: the calibration temperature must be a positive number (got {temperature!r}).")
+    if calibration.get("n_patients") != len(oof):
+        raise BundleError(f"{where}: the calibration was fitted on {calibration.get('n_patients')!r} patients but "
+                          f"'out_of_fold' holds {len(oof)}.")
+    for key in ("ece_before", "ece_after", "brier_before", "brier_after"):
+        if not _finite_number(calibration.get(key)) or not 0 <= calibration[key] <= 1:
+            raise BundleError(f"{where}: calibration '{key}' must be a number in [0, 1] (got {calibration.get(key)!r}).")
 
 
 def available_memory_bytes() -> int:

@@ -74,6 +74,7 @@ class EnsemblePrediction:
     reference: sitk.Image | None = None
     event_to_reference: sitk.Transform | None = None  # ITK convention: maps reference points to event points
     preprocessed: Any = None
+    trust: dict[str, Any] | None = None  # model_validation, calibrated_probability, prediction_set (trust.py)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written as ``prediction.json``."""
@@ -89,6 +90,8 @@ class EnsemblePrediction:
         }
         if self.occlusion_settings is not None:
             out["occlusion"] = self.occlusion_settings
+        if self.trust is not None:
+            out.update(self.trust)
         return out
 
 
@@ -173,6 +176,7 @@ def predict_case(
     dose_unit: str | None = None,
     progress=None,
     cancel=None,
+    coverage: float | None = None,
 ) -> EnsemblePrediction:
     """Classify one case with a bundle (a path or a loaded :class:`~RICENetLib.bundle.ModelBundle`).
 
@@ -180,12 +184,19 @@ def predict_case(
     ``dose_unit`` override only what depends on the user's data. With
     ``occlusion`` (an :class:`~RICENetLib.occlusion.OcclusionSettings` or a
     preset name) the heatmap is computed too and mapped to the reference space.
+    ``coverage`` is that of the conformal prediction set (default 0.9, :mod:`RICENetLib.trust`).
     """
     from .bundle import ModelBundle, load_bundle
     from .preprocessing import PreprocessParameters, preprocess_case
 
+    from .conformal import DEFAULT_COVERAGE, check_coverage
+
     report = as_progress(progress, cancel)
     occlusion = resolve_occlusion(occlusion)
+    try:
+        coverage = check_coverage(DEFAULT_COVERAGE if coverage is None else coverage)
+    except ValueError as error:
+        raise InputError(f"Prediction-set {error}.") from None
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if not isinstance(bundle, ModelBundle):
@@ -217,7 +228,10 @@ def predict_case(
     combined = combine_folds(probabilities, bundle.class_names, [f.index for f in bundle.folds],
                              source=f"Model bundle {bundle.path}")
     timings["ensemble"] = time.perf_counter() - tick
+    from .trust import assess
+
     prediction = EnsemblePrediction(
+        trust=assess(bundle.metadata, combined["probabilities"], coverage),
         bundle_id=bundle.id,
         timings_s=timings,
         reference=prepared.reference_image(),

@@ -646,6 +646,11 @@ def update_results_table(
     rows.append(("mean", [float(probabilities.get(c, math.nan)) for c in classes], label))
     rows.append(("vote", [float(votes.get(c, math.nan)) for c in classes], label))
     rows.append(("agreement", [math.nan for _ in classes], agreement))
+    from .trust import table_rows as trust_rows
+
+    source = prediction.to_dict() if hasattr(prediction, "to_dict") else prediction
+    rows.extend(trust_rows({k: _field(source, k) for k in ("model_validation", "calibrated_probability", "calibration",
+                                                           "prediction_set")}, classes))
     rows.extend((str(row_name), [math.nan for _ in classes], str(text)) for row_name, text in extra_rows)
 
     table = vtk.vtkTable()

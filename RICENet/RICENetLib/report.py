@@ -124,6 +124,9 @@ def html_report(prediction: dict[str, Any], overview_png: bytes | None = None, i
     input_rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in (inputs or {}).items())
     timings = ", ".join(f"{esc(k)} {v:.1f} s" for k, v in prediction.get("timings_s", {}).items())
     header = "".join(f"<th>p({esc(c)})</th>" for c in classes)
+    from .trust import trust_html
+
+    trust = trust_html(prediction)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>RICE-NET report</title>
 <style>
@@ -131,6 +134,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width:
 .verdict {{ font-size: 1.6em; padding: .6em 1em; border-radius: 8px; background: #f3f0ff; border-left: 6px solid #6a4cff; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: .3em .8em; text-align: right; }}
 img {{ max-width: 100%; border-radius: 6px; }} .note {{ color: #666; font-size: .9em; }}
+.warning {{ background: #fff3e0; border-left: 6px solid #e65100; padding: .5em 1em; }}
 </style></head><body>
 <h1>RICE-NET: recurrence or radiation-induced contrast enhancement</h1>
 <p class="verdict" id="verdict">{esc(prediction_verdict(prediction))}</p>
@@ -140,6 +144,7 @@ img {{ max-width: 100%; border-radius: 6px; }} .note {{ color: #666; font-size: 
 {quality_html(prediction)}
 <p>Votes: {esc(', '.join(f'{k} {v}' for k, v in prediction['votes'].items()))}; agreement {esc(prediction['agreement'])}.
 Model bundle <code>{esc(str(prediction.get('bundle_id', '')))}</code>. {('Timings: ' + timings + '.') if timings else ''}</p>
+{trust}
 {figure}
 {overlap_html(prediction.get("dose_overlap"))}
 <h2>Inputs</h2><table>{input_rows}</table>
@@ -163,7 +168,9 @@ def prediction_verdict(prediction: dict[str, Any]) -> str:
 
         prefix = QualityReport.from_dict(prediction["quality"]).verdict_prefix()
         line = f"{prefix}. {line}" if prefix else line
-    return line
+    from .trust import qualify_verdict
+
+    return qualify_verdict(line, prediction)  # the model's own warning first, then the quality gates
 
 
 def quality_html(prediction: dict[str, Any]) -> str:

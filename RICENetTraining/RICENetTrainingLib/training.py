@@ -175,6 +175,9 @@ class FoldResult:
     history: list[dict[str, Any]]
     train_patients: list[str]
     validation_patients: list[str]
+    #: The kept epoch's probabilities of every validation patient: ``{patient_id, label, p, fold}``
+    #: (the bundle's ``out_of_fold``); ``None`` for a fold checkpointed by an earlier version.
+    out_of_fold: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -375,6 +378,8 @@ class _FoldTrainer:
         losses = self.context.all_reduce_sum(losses)
         truth = [self.data.labels[i] for i in self.val_index]
         metrics = classification_metrics(truth, probabilities.numpy(), loss=float(losses.mean()))
+        # Kept beside the metrics: the kept epoch's rows become the bundle's out-of-fold probabilities.
+        self._last_probabilities = probabilities.tolist()
         return {f"val_{k}": v for k, v in metrics.items()}
 
     def run(self, report: Progress, on_epoch: EpochCallback | None) -> FoldResult:
@@ -398,7 +403,8 @@ class _FoldTrainer:
             self.epoch = epoch + 1
             if p.selection == "last" or _better(row, self.best):
                 self.best = {"epoch": self.epoch, "macro_f1": row["val_macro_f1"], "loss": row["val_loss"],
-                             "state": _cpu_copy(unwrap(self.model).state_dict())}
+                             "state": _cpu_copy(unwrap(self.model).state_dict()),
+                             "validation_probabilities": self._last_probabilities}
             row["kept"] = self.best["epoch"] == self.epoch
             self.history.append(row)
             if self.context.is_main:
@@ -416,14 +422,22 @@ class _FoldTrainer:
         return self.result()
 
     def result(self) -> FoldResult:
-        return _fold_result(self.fold, self.best, self.history, self.train_ids, self.val_ids)
+        return _fold_result(self.fold, self.best, self.history, self.train_ids, self.val_ids,
+                            [self.data.labels[i] for i in self.val_index])
 
 
 def _fold_result(fold: int, best: dict[str, Any], history: list[dict[str, Any]], train_ids: Sequence[str],
-                 val_ids: Sequence[str]) -> FoldResult:
+                 val_ids: Sequence[str], val_labels: Sequence[int]) -> FoldResult:
     row = next(r for r in history if r["epoch"] == best["epoch"])
     metrics = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
-    return FoldResult(fold, int(best["epoch"]), metrics, best["state"], list(history), list(train_ids), list(val_ids))
+    rows = best.get("validation_probabilities")
+    oof = None
+    if rows is not None and len(rows) == len(val_ids):
+        oof = [{"patient_id": patient, "label": CLASS_NAMES[int(label)], "fold": int(fold),
+                "p": {c: float(v) for c, v in zip(CLASS_NAMES, probabilities)}}
+               for patient, label, probabilities in zip(val_ids, val_labels, rows)]
+    return FoldResult(fold, int(best["epoch"]), metrics, best["state"], list(history), list(train_ids), list(val_ids),
+                      oof)
 
 
 def _check_fingerprint(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
@@ -453,7 +467,8 @@ def finished_fold(work_dir: str | os.PathLike, data: CaseTensors, folds: Folds, 
     best = dict(state["best"])
     if best["state"] is None:
         best["state"] = state["model"]
-    return _fold_result(fold, best, list(state["history"]), train_ids, val_ids)
+    return _fold_result(fold, best, list(state["history"]), train_ids, val_ids,
+                        [data.labels[i] for i in data.indices(val_ids)])
 
 
 def _better(row: dict[str, Any], best: dict[str, Any]) -> bool:
@@ -634,6 +649,12 @@ def export_bundle(out: Path, results: Sequence[FoldResult], params: TrainingPara
         training.pop(local_only)
     training["kept_weights"] = ("epoch with the best validation macro F1 (ties: lower validation loss)"
                                 if params.selection == "best_f1" else "last epoch")
+    out_of_fold, calibration = None, None
+    if all(r.out_of_fold is not None for r in results):  # folds from an earlier version have none: no calibration
+        from RICENetLib.calibration import calibration_from_out_of_fold
+
+        out_of_fold = sorted((entry for r in results for entry in r.out_of_fold), key=lambda e: e["patient_id"])
+        calibration = calibration_from_out_of_fold(out_of_fold, CLASS_NAMES)
     return write_bundle(out, entries, modalities=params.modalities, architecture=params.network_architecture(),
                         input_size=input_size, preprocessing=preprocessing, seed=params.seed, training=training,
-                        extra_files=extra, overwrite=overwrite)
+                        extra_files=extra, overwrite=overwrite, out_of_fold=out_of_fold, calibration=calibration)

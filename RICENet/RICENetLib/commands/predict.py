@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skull-strip", default=None, help="override the bundle's skull-stripping backend")
     parser.add_argument("--dose-unit", choices=("Gy", "cGy"), default=None, help="unit of the dose values if not Gy")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--coverage", type=float, default=None, metavar="FRACTION",
+                        help="coverage of the conformal prediction set (default 0.9: the set holds the true class "
+                        "for at least 90 %% of patients like the bundle's validation patients)")
 
 
 #: What ``ricenet predict`` writes into a case's folder (``--overwrite`` replaces a folder holding nothing else).
@@ -88,6 +91,13 @@ def run(args: argparse.Namespace) -> int:
     options = dict(device=device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
     if args.cohort and args.lesion:
         raise InputError("--lesion is for one case; give a cohort's masks in its table's optional lesion column.")
+    if args.coverage is not None:
+        from ..conformal import check_coverage
+
+        try:
+            options["coverage"] = check_coverage(args.coverage)
+        except ValueError as error:
+            raise InputError(f"--coverage: {error}.") from None
     out = Path(args.out)
     check_writable(out)  # before minutes of work, not after
     if not args.cohort:
@@ -116,7 +126,10 @@ def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int
     with writing(out):
         paths = write_prediction(prediction, out, args.postop, args.event, args.dose, overwrite=args.overwrite,
                                  dose_overlap=overlap)
+    from ..trust import validation_line
+
     print(prediction_verdict(attach(prediction.to_dict(), prediction)))
+    print(validation_line(prediction.to_dict()))
     print("".join(f"  {quantity}: {value}\n" for quantity, value in (overlap.rows() if overlap else ())), end="")
     quality = report_of(prediction)
     print(f"quality: {quality.worst}\n{quality.summary()}" if quality else "quality: not computed")
