@@ -150,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
         train = ["train", "--cohort", str(train_csv), "--out", str(bundle), "--work-dir", str(work),
                  "--folds", str(args.folds), "--epochs", str(args.epochs), "--input-size", str(args.input_size),
                  "--spacing", str(args.spacing), "--conv1-stride", "2", "--batch-size", "4",
-                 "--seed", str(args.seed), "--device", args.device, "--cache", str(out / "cache")]
+                 "--seed", str(args.seed), "--device", args.device, "--cache", str(out / "cache"),
+                 # one folds file per fold count: the cohort's 5 folds must not meet a later --folds 3
+                 "--folds-file", str(cohort_csv.parent / f"folds-{args.folds}.json")]
         # Resume only a stopped run of the same training on the same cohort; anything else starts afresh.
         if work.exists() and decisions["cohort"].reuse and started == wanted["bundle"]:
             print("(resuming a stopped training run with the same options)")
