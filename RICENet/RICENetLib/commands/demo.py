@@ -108,17 +108,18 @@ def run(args: argparse.Namespace) -> int:
     decisions = {d.stage: d for d in plan_stages(recorded, wanted, present)}
     started = manifest.get("training_started")
 
-    def record(stage: str | None = None, **extra: Any) -> None:
-        """Forget the stages being redone before they start; add each one once it is made."""
+    def record(stage: str | None = None) -> None:
+        """Forget the stages being redone before they start; add each one once it is made. ``training_started``:
+        the options of the last training begun, so that only a stopped run of the same training is resumed."""
         if stage is not None:
             recorded[stage] = wanted[stage]
         kept = {s: recorded[s] for s in recorded if s in decisions and (decisions[s].reuse or s == stage or s in done)}
-        write_manifest(out, kept, **extra)
+        write_manifest(out, kept, training_started=started)
 
     done: set[str] = set()
     out.mkdir(parents=True, exist_ok=True)
     if not all(d.reuse for d in decisions.values()):
-        record(training_started=started)
+        record()
 
     step(f"1/3 synthetic cohort: {args.cases} patients → {cohort_csv.parent}")
     if decisions["cohort"].reuse:
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         with progress_bar("synthesising") as progress:
             write_cohort(cohort_csv.parent, cases=args.cases, seed=args.seed, size=COHORT_SIZE, progress=progress)
         done.add("cohort")
-        record("cohort", training_started=started)
+        record("cohort")
     summary = summarise_cohort(cohort_csv)
     print(f"labels {summary['labels']}; lesion variants {summary['lesion_variants']}")
     cases = load_cohort(cohort_csv)
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         elif work.exists() or bundle.exists():
             train.append("--overwrite")
         started = wanted["bundle"]
-        record(training_started=started)
+        record()
         code = ricenet(train)
         if code:
             return code
