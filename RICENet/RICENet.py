@@ -455,7 +455,9 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node.registrationTransform = scene.GetNodeByID(ids["transform"]) if "transform" in ids else None
         self.ui.resultsTableView.setMRMLTableNode(node.resultsTable)
         self.ui.doseOverlapTableView.setMRMLTableNode(node.doseOverlapTable)
-        self.ui.statusLabel.text = _("Done in {seconds:.0f} s.").format(seconds=elapsed_s)
+        self.ui.statusLabel.text = " ".join([_("Done in {seconds:.0f} s.").format(seconds=elapsed_s)] + result.messages)
+        for message in result.messages:
+            logging.warning("RICE-NET: %s", message)
 
     def _stopTask(self, waitSeconds: float) -> None:
         """Cancel the run; forget it only once its thread has ended (else _poll goes on, Apply stays disabled)."""

@@ -232,3 +232,13 @@ except OSError as error:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"REFUSED: EFBIG {target}"  # the file itself, not its temporary
     assert not target.exists() and list(target.parent.iterdir()) == []  # nothing half-written, no temporary
+
+
+def test_info_on_a_folder_without_dicom_prints_no_itk_internals(tmp_path, capfd):
+    """GDCM's "No Series were found" warning (with ITK's source path) is not shown: only the clear error."""
+    (tmp_path / "notes.txt").write_text("not DICOM\n", encoding="utf-8")
+    assert main(["info", str(tmp_path)]) == 2
+    captured = capfd.readouterr()
+    assert f"Folder {tmp_path} holds no DICOM image series." in captured.err
+    assert "GDCM" not in captured.err + captured.out and ".cxx" not in captured.err
+    assert sitk.ProcessObject.GetGlobalWarningDisplay(), "ITK's warnings are on again afterwards"

@@ -86,6 +86,9 @@ def test_classify_a_case_end_to_end(scene_with_case, tiny_bundle, small_case, tm
         or " — RICE" in result.verdict
     assert f"{agree} of {total} folds" in result.verdict
     assert f"mean p = {prediction.probabilities[label]:.2f}" in result.verdict
+    # The "quick" preset's 32-voxel boxes on this 32³ model: one box; the user is told, with a grid that resolves.
+    assert len(result.messages) == 1 and "1 × 1 × 1 boxes" in result.messages[0]
+    assert "--occlusion-mask 6 --occlusion-stride 3" in result.messages[0]
 
     # Table: one row per fold, then mean, vote, agreement, then one row per quality gate.
     rows = mrml.table_rows(scene.GetNodeByID(result.node_ids["table"]))
@@ -144,6 +147,7 @@ def test_classify_a_case_end_to_end(scene_with_case, tiny_bundle, small_case, tm
     assert nodes["event"].GetParentTransformNode() is transform
     plain = logic.run(nodes["postop"], nodes["event"], nodes["dose"], settings(tiny_bundle, occlusion="none"))
     assert "heatmap" not in plain.node_ids and not role_nodes(scene, "vtkMRMLScalarVolumeNode", mrml.ROLE_HEATMAP)
+    assert plain.messages == []
     for role, class_name in ((mrml.ROLE_RESULTS, "vtkMRMLTableNode"), (mrml.ROLE_ISODOSE, "vtkMRMLSegmentationNode"),
                              (mrml.ROLE_REGISTRATION, "vtkMRMLLinearTransformNode")):
         assert len(role_nodes(scene, class_name, role)) == 1

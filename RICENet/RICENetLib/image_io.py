@@ -23,6 +23,7 @@ the normal of ImageOrientationPatient.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -155,9 +156,22 @@ def _read_dicom_file(path: Path) -> sitk.Image:
     return _read_dicom_directory(path.parent, series_uid)
 
 
+@contextlib.contextmanager
+def _itk_warnings_off():
+    """ITK prints warnings such as GDCM's "No Series were found" (its source file and line) to stderr;
+    the caller turns an empty answer into a clear error instead."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def _read_dicom_directory(directory: Path, series_uid: str | None) -> sitk.Image:
     try:
-        series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)) or [])
+        with _itk_warnings_off():
+            series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)) or [])
     except RuntimeError as error:
         raise InputError(f"Folder {directory} could not be scanned for DICOM series: {_itk_reason(error)}") from None
     if not series:

@@ -170,6 +170,8 @@ class ClassificationResult:
     prediction: Any
     verdict: str
     node_ids: dict[str, str] = field(default_factory=dict)
+    #: Warnings for the user about this result (e.g. an occlusion grid too coarse for the model's input).
+    messages: list[str] = field(default_factory=list)
 
 
 def verdict_line(prediction: Any) -> str:
@@ -179,6 +181,20 @@ def verdict_line(prediction: Any) -> str:
 
     data = attach(prediction.to_dict(), prediction) if hasattr(prediction, "to_dict") else dict(prediction)
     return prediction_verdict(data)
+
+
+def occlusion_messages(prediction: Any) -> list[str]:
+    """A warning when the heatmap's boxes were too large for the model's input (the ``quick`` preset on 40³)."""
+    from .occlusion_resolution import settings_warning
+
+    settings, volume = getattr(prediction, "occlusion_settings", None), getattr(prediction, "occlusion_model_space", None)
+    if settings is None or volume is None:
+        return []
+    warning = settings_warning(tuple(volume.shape), settings)
+    if not warning:
+        return []
+    return [f"The heatmap cannot show much: {warning} (The module's presets suit 224³ inputs; the command line "
+            "takes the mask and stride: ricenet predict --occlusion --occlusion-mask M --occlusion-stride S.)"]
 
 
 def _default_predict(bundle: Any, postop: sitk.Image, event: sitk.Image, dose: sitk.Image, **kwargs: Any) -> Any:
@@ -281,7 +297,7 @@ class ClassificationLogic:
             scale = 0.01 if job.settings.dose_unit == "cGy" else 1.0
             ids["isodose"] = mrml.update_isodose(scene, dose_node, levels, key=key, unit_scale=scale,
                                                  name=f"{name} RICE-NET isodose").GetID()
-        return ClassificationResult(prediction, verdict_line(prediction), ids)
+        return ClassificationResult(prediction, verdict_line(prediction), ids, occlusion_messages(prediction))
 
     def _show_dose_overlap(self, job: ClassificationJob, name: str) -> dict[str, str]:
         """The dose figures as a table of their own (quantity, value); a stale one goes."""

@@ -47,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frame the --lesion mask was drawn in: reference (post-op/planning, default) or event "
                         "(moved through the registration)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--skull-strip", default=None, help="override the bundle's skull-stripping backend")
+    from ..skull_strip import BACKENDS as SKULL_STRIP_BACKENDS
+
+    parser.add_argument("--skull-strip", choices=SKULL_STRIP_BACKENDS, default=None,
+                        help="override the bundle's skull-stripping backend (default: the bundle's own)")
     parser.add_argument("--dose-unit", choices=("Gy", "cGy"), default=None, help="unit of the dose values if not Gy")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--coverage", type=float, default=None, metavar="FRACTION",
@@ -83,6 +86,12 @@ def run(args: argparse.Namespace) -> int:
     occlusion = resolve_occlusion(args.occlusion, per_modality=args.per_modality or None,
                                   mask_size=args.occlusion_mask, stride=args.occlusion_stride,
                                   precision=args.occlusion_precision)
+    if occlusion is not None:
+        from ..occlusion_resolution import settings_warning
+
+        coarse = settings_warning(bundle.input_size, occlusion)
+        if coarse:
+            logging.getLogger("ricenet").warning("--occlusion %s: %s", args.occlusion, coarse)
     device = select_device(args.device)
     if occlusion is not None and occlusion.precision == "float16":
         warning = slow_half_precision_warning("float16", device)

@@ -1,0 +1,71 @@
+"""``ricenet demo``'s second run: what it reuses, what a changed option redoes, and what it cleans up."""
+
+from __future__ import annotations
+
+import argparse
+
+from RICENetLib.commands import demo
+from RICENetLib.demo_stages import MANIFEST_NAME, STAGES, plan_stages, read_manifest, write_manifest
+
+
+def options(*argv: str) -> dict:
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    return demo.stage_options(parser.parse_args(list(argv)))
+
+
+def decisions(recorded, wanted, present=None):
+    return [(d.stage, d.reuse, d.reason) for d in plan_stages(recorded, wanted, present or dict.fromkeys(STAGES, True))]
+
+
+def test_same_options_reuse_every_stage_and_device_or_out_change_nothing():
+    made = options()
+    assert options("--device", "cpu", "--out", "/elsewhere", "--keep-checkpoints") == made
+    assert all(reuse for _, reuse, _ in decisions(made, options("--device", "cpu")))
+
+
+def test_a_changed_option_redoes_its_stage_and_the_later_ones_and_says_why():
+    made = options()
+    assert decisions(made, options("--epochs", "20")) == [
+        ("cohort", True, "same options as the run that made it"),
+        ("bundle", False, "--epochs changed: 10 → 20"),
+        ("prediction", False, "made again because the bundle is new")]
+    redo = decisions(made, options("--cases", "12", "--seed", "3"))
+    assert [reuse for _, reuse, _ in redo] == [False, False, False]
+    assert redo[0][2] == "--cases changed: 20 → 12; --seed changed: 0 → 3"
+    assert decisions(made, options("--input-size", "48"))[1][2] == "--input-size changed: 40 → 48"
+    assert decisions(made, options("--occlusion-stride", "2"))[2] == ("prediction", False, "--occlusion-stride changed: 4 → 2")
+    assert [r for _, r, _ in decisions(made, made)] == [True, True, True]
+
+
+def test_missing_outputs_or_no_record_are_made_again(tmp_path):
+    made = options()
+    missing = decisions(made, made, {"cohort": True, "bundle": False, "prediction": True})
+    assert missing[1] == ("bundle", False, "not made yet") and not missing[2][1]
+    older = decisions({}, made)  # a demo folder written before the manifest existed
+    assert not older[0][1] and MANIFEST_NAME in older[0][2]
+    assert read_manifest(tmp_path) == {}
+    write_manifest(tmp_path, made, training_started=made["bundle"])
+    assert read_manifest(tmp_path) == {"format": 1, "stages": made, "training_started": made["bundle"]}
+    (tmp_path / MANIFEST_NAME).write_text("{not json", encoding="utf-8")
+    assert read_manifest(tmp_path) == {}
+
+
+def test_checkpoints_go_and_logs_stay(tmp_path):
+    for fold in range(2):
+        (tmp_path / f"fold{fold}").mkdir()
+        (tmp_path / f"fold{fold}" / "checkpoint.safetensors").write_bytes(b"x" * 1000)
+        (tmp_path / f"fold{fold}" / "log.csv").write_text("epoch\n", encoding="utf-8")
+    assert demo.remove_checkpoints(tmp_path) == 2000
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["log.csv", "log.csv"]
+    assert demo.remove_checkpoints(tmp_path) == 0
+
+
+def test_held_out_result_and_cross_validation_are_put_plainly():
+    metrics = {"macro_f1": {"mean": 0.61, "sd": 0.12, "n": 5}, "accuracy": {"mean": 0.63, "sd": 0.1, "n": 5}}
+    lines = demo.held_out_summary("rice", "recurrence", metrics, 19)
+    assert lines[0].startswith("1 held-out patient (never seen in training): true rice, predicted recurrence: wrong.")
+    assert lines[1] == "cross-validation over 5 folds of the 19 training patients: macro F1 0.61 ± 0.12, accuracy 0.63"
+    assert "0.5 = guessing" in lines[2]
+    assert demo.held_out_summary("rice", "rice", {}, 19) == [lines[0].replace("predicted recurrence: wrong",
+                                                                               "predicted rice: right")]
