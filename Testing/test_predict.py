@@ -189,7 +189,7 @@ def test_full_disk_while_writing_is_one_line_and_leaves_nothing(tiny_bundle, cas
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(sys.path))
     done = subprocess.run([sys.executable, "-m", "RICENetLib.cli", *_single(tiny_bundle, case_paths, out)[:-2],
-                           "--device", "cpu"], preexec_fn=limit, env=env, capture_output=True, text=True, timeout=600)
+                           "--device", "cpu"], preexec_fn=limit, env=env, capture_output=True, encoding="utf-8", timeout=600)
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last == f"ricenet predict: error: Could not write {out}: File too large." and "Traceback" not in done.stderr

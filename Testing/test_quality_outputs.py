@@ -41,7 +41,9 @@ def test_predict_records_and_shows_the_gates(tiny_bundle, case_paths, tmp_path, 
     volume = next(g for g in record["gates"] if g["name"] == "brain_volume")
     assert volume["state"] == "fail" and volume["unit"] == "ml" and volume["value"] > quality.BRAIN_ML_FAIL[1]
     assert record["worst"] == "fail"
-    assert prediction["verdict"].startswith("Not reliable: not a brain (brain volume ")
+    # The untrained bundle's own warning first, then the failed gates.
+    assert prediction["verdict"].startswith("Model not validated (no cross-validation AUC) — "
+                                            "Not reliable: not a brain (brain volume ")
     assert prediction["verdict"] in printed and "quality: fail" in printed and "[fail] brain_volume:" in printed
     page = (out / "report.html").read_text(encoding="utf-8")
     assert 'id="quality"' in page and "gate-fail" in page and volume["message"].split(",")[0] in page

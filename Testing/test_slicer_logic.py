@@ -99,8 +99,10 @@ def test_classify_a_case_end_to_end(scene_with_case, tiny_bundle, small_case, tm
     assert rows[4]["label"] == prediction.agreement
     # Skull stripping "none" on a head with its skull: the "brain" is the whole field of view, and the gates say so.
     report = quality.report_of(prediction)
-    assert rows[5 + quality.GATE_NAMES.index("brain_volume")]["label"].startswith("fail — ")
-    assert report.gate("brain_volume").state == "fail" and result.verdict.startswith("Not reliable: not a brain")
+    assert next(r for r in rows if r["fold"] == "quality: brain_volume")["label"].startswith("fail — ")
+    # The model's own warning comes first, then the failed gates, then the label.
+    assert report.gate("brain_volume").state == "fail"
+    assert result.verdict.startswith("Model not validated (no cross-validation AUC) — Not reliable: not a brain")
 
     # Heatmap in the reference (post-op) space, over the event MRI in every slice view.
     heatmap = scene.GetNodeByID(result.node_ids["heatmap"])

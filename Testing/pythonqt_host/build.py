@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -76,6 +77,13 @@ def host_environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONHOME"] = sys.base_prefix if sys.base_prefix == sys.base_exec_prefix else \
         f"{sys.base_prefix}{os.pathsep}{sys.base_exec_prefix}"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    # sys.path as it is here, with the folders of our own packages first: an editable install reaches them
+    # through a .pth file, which Python reads only in site directories, not in PYTHONPATH entries.
+    own = []
+    for name in ("RICENetLib", "RICENetTrainingLib"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            own.append(str(Path(spec.origin).resolve().parents[1]))
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(own + [p for p in sys.path if p]))
     env["PYTHONNOUSERSITE"] = "1"
     return env
