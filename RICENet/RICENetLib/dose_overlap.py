@@ -42,7 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .resampling import Geometry, resample_to
+from .resampling import Geometry, fraction_inside, resample_to
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def check_lesion_overlaps(lesion: sitk.Image, image: sitk.Image | str | os.PathL
         from .image_io import read_image
 
         image = read_image(image)
-    if _fraction_in_grid(lesion_mask(lesion, name), Geometry.from_image(image), None) == 0.0:
+    if fraction_inside(lesion_mask(lesion, name), Geometry.from_image(image), None) == 0.0:
         raise InputError(f"{name} lies outside {what}: it does not overlap that scan. Check that it belongs to this "
                          "patient and to the right scan (a mask drawn on the event MRI needs --lesion-space event).")
 
@@ -223,19 +223,6 @@ def _on_grid(image: sitk.Image, geometry: Geometry) -> bool:
     return (other.size == geometry.size and np.allclose(other.spacing, geometry.spacing, atol=1e-6)
             and np.allclose(other.origin, geometry.origin, atol=1e-4)
             and np.allclose(other.direction, geometry.direction, atol=1e-6))
-
-
-def _fraction_in_grid(mask: sitk.Image, geometry: Geometry, to_reference: sitk.Transform | None) -> float:
-    """Share of the mask's voxels whose centres fall on ``geometry`` (after ``to_reference``, if given)."""
-    zyx = np.argwhere(sitk.GetArrayViewFromImage(mask) != 0)
-    if len(zyx) > 200_000:  # a regular subsample is plenty for a fraction
-        zyx = zyx[:: len(zyx) // 200_000 + 1]
-    points = Geometry.from_image(mask).index_to_point(zyx[:, ::-1].astype(float))
-    if to_reference is not None:
-        points = np.array([to_reference.TransformPoint(tuple(float(v) for v in p)) for p in points])
-    index = geometry.point_to_index(points)
-    inside = np.all((index >= -0.5) & (index <= np.array(geometry.size) - 0.5), axis=1)
-    return float(np.mean(inside))
 
 
 # --------------------------------------------------------------------------- the figures
@@ -318,7 +305,7 @@ def _lesion_dose(lesion: sitk.Image, name: str, grid: Geometry, gy: np.ndarray, 
     mask = lesion_mask(lesion, name)
     source_ml = float(sitk.GetArrayViewFromImage(mask).sum()) * voxel_volume_ml(Geometry.from_image(mask))
     inverse = event_to_reference.GetInverse() if event_to_reference is not None else None
-    inside = _fraction_in_grid(mask, grid, inverse)
+    inside = fraction_inside(mask, grid, inverse)
     if inside == 0.0:
         where = ("the event MRI's frame, moved through the registration" if event_to_reference is not None
                  else "its own frame")

@@ -42,9 +42,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
-import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, PreprocessingError
@@ -206,18 +205,9 @@ def event_brain_mask(event: sitk.Image, spacing_mm: float, backend: str,
 
 def dose_coverage(dose: sitk.Image, brain_mask: sitk.Image) -> float:
     """Fraction of ``brain_mask``'s voxels whose centres lie inside ``dose``'s grid (before 0 Gy fills outside)."""
-    from .resampling import Geometry
+    from .resampling import Geometry, fraction_inside
 
-    zyx = np.argwhere(sitk.GetArrayViewFromImage(brain_mask) > 0)
-    if len(zyx) == 0:
-        return 0.0
-    if len(zyx) > 200_000:  # a regular subsample is plenty for a fraction
-        zyx = zyx[:: len(zyx) // 200_000 + 1]
-    points = Geometry.from_image(brain_mask).index_to_point(zyx[:, ::-1].astype(float))
-    dose_grid = Geometry.from_image(dose)
-    index = dose_grid.point_to_index(points)
-    inside = np.all((index >= -0.5) & (index <= np.array(dose_grid.size) - 0.5), axis=1)
-    return float(np.mean(inside))
+    return fraction_inside(brain_mask, Geometry.from_image(dose))
 
 
 # --------------------------------------------------------------------------- gates
