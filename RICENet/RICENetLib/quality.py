@@ -166,6 +166,11 @@ def _state(fail: bool, warn: bool) -> str:
     return "fail" if fail else "warn" if warn else "pass"
 
 
+def _range_state(value: float, passing: tuple[float, float], failing: tuple[float, float]) -> str:
+    """pass inside ``passing``, fail outside ``failing`` (the wider range), warn between."""
+    return _state(not failing[0] <= value <= failing[1], not passing[0] <= value <= passing[1])
+
+
 # --------------------------------------------------------------------------- measures
 
 
@@ -249,9 +254,8 @@ def registration_metric_gate(metric: float) -> Gate:
 
 def brain_volume_gate(volume_ml: float) -> Gate:
     """The post-op brain mask's volume against adult brains."""
-    fail = not BRAIN_ML_FAIL[0] <= volume_ml <= BRAIN_ML_FAIL[1]
-    warn = not BRAIN_ML_PASS[0] <= volume_ml <= BRAIN_ML_PASS[1]
-    state = _state(fail, warn)
+    state = _range_state(volume_ml, BRAIN_ML_PASS, BRAIN_ML_FAIL)
+    fail = state == "fail"
     threshold = (f"pass {BRAIN_ML_PASS[0]:.0f}–{BRAIN_ML_PASS[1]:.0f} ml, "
                  f"fail outside {BRAIN_ML_FAIL[0]:.0f}–{BRAIN_ML_FAIL[1]:.0f} ml")
     if state == "pass":
@@ -279,9 +283,8 @@ def dose_coverage_gate(fraction: float) -> Gate:
 def dose_maximum_gate(max_gy: float, prescription_gy: float) -> Gate:
     """The dose maximum over the prescription the model normalises by."""
     ratio = float(max_gy) / float(prescription_gy)
-    fail = not DOSE_MAX_FAIL[0] <= ratio <= DOSE_MAX_FAIL[1]
-    warn = not DOSE_MAX_PASS[0] <= ratio <= DOSE_MAX_PASS[1]
-    state = _state(fail, warn)
+    state = _range_state(ratio, DOSE_MAX_PASS, DOSE_MAX_FAIL)
+    fail = state == "fail"
     threshold = (f"pass {DOSE_MAX_PASS[0]:g}–{DOSE_MAX_PASS[1]:g} × prescription, "
                  f"fail outside {DOSE_MAX_FAIL[0]:g}–{DOSE_MAX_FAIL[1]:g}")
     if state == "pass":
