@@ -218,7 +218,7 @@ def json_text(data: Any, where: str | os.PathLike, **options: Any) -> str:
     """Strict JSON (no NaN or Infinity, which other readers reject); a violation is an error naming the value."""
     try:
         return json.dumps(data, allow_nan=False, **options)
-    except ValueError as error:
+    except ValueError:
         found = _first_non_finite(data)
         if found is None:
             raise
