@@ -113,3 +113,35 @@ def test_bad_arguments():
         generate_case("X", "necrosis", seed=0, size=32)
     with pytest.raises(InputError, match="too small"):
         generate_case("X", "rice", seed=0, size=8)
+
+
+def test_distinct_classes_skull_stripped_and_the_lesion_distance(tmp_path):
+    """The demo's easier cohort: typical lesions only, larger recurrences, 60 Gy plans, brain-only MRIs; and the
+    distance from a post-op point to the lesion, through the case's true transform."""
+    from RICENetLib.synthetic import write_case
+    from RICENetLib.synthetic_truth import lesion_distance_mm, read_truth
+
+    volumes = {}
+    for label in ("recurrence", "rice"):
+        case = generate_case("X", label, seed=4, size=40, classes="distinct", skull_stripped=True)
+        assert case.truth["lesion_variant"] in ("recurrence-wall", "rice-white-matter")
+        assert case.truth["prescription_gy"] == 60.0 and case.truth["classes"] == "distinct"
+        brain = sitk.GetArrayFromImage(case.brain_mask) > 0
+        postop = sitk.GetArrayFromImage(case.postop)
+        assert postop[~brain].max() == 0 and postop[brain].mean() > 0
+        volumes[label] = float(sitk.GetArrayFromImage(case.lesion_mask).sum())
+        if label == "recurrence":  # the same case with its skull: only the voxels outside the brain differ
+            with_skull = generate_case("X", label, seed=4, size=40, classes="distinct")
+            assert sitk.GetArrayFromImage(with_skull.postop)[~brain].max() > 0
+            assert with_skull.truth["lesion_centres_anatomy_mm"] == case.truth["lesion_centres_anatomy_mm"]
+    assert volumes["recurrence"] > 3 * volumes["rice"]
+
+    write_case(case, tmp_path / "X")
+    centre = read_truth(tmp_path / "X")["lesion_centre_postop_mm"]
+    assert lesion_distance_mm(centre, tmp_path / "X") == 0.0
+    far = np.array(centre) + [0.0, 0.0, 40.0]
+    assert 30.0 < lesion_distance_mm(far.tolist(), tmp_path / "X") <= 40.0
+    with pytest.raises(InputError, match="not a synthetic case"):
+        lesion_distance_mm(centre, tmp_path)
+    with pytest.raises(InputError, match="class setting 'easy' is unknown"):
+        generate_case("X", "rice", seed=0, size=32, classes="easy")

@@ -23,6 +23,15 @@ So the event MRI carries most of the signal, the dose adds where the lesion
 lies relative to the high-dose region, and the post-op MRI and the dose alone
 carry weaker hints; optional label noise flips a fraction of labels.
 
+``classes="distinct"`` is an easier cohort for demonstrations, not the default:
+every lesion follows its class's typical pattern, recurrences are larger
+(radius 11–15 mm, rim 4–6 mm thick) and RICE foci smaller (radius 3–5 mm), and
+every plan is 60 Gy, so that a network trained for minutes on a CPU can learn
+the rule from the lesion.
+``skull_stripped=True`` writes brain-only MRIs (zero outside the brain), as
+research collections such as BraTS are distributed; they are prepared with
+``--skull-strip none``.
+
 >>> case = generate_case("P001", "rice", seed=1, size=48)    # doctest: +SKIP
 >>> write_cohort("synthetic", cases=10, seed=0)               # doctest: +SKIP
 """
@@ -71,6 +80,8 @@ TEMPLATE_FILES = {
 }
 ENHANCEMENT = 1.45  # T1c intensity of enhancing tissue, relative to white matter ≈ 1
 TYPICAL_FRACTION = 0.85  # lesions that follow their class's typical pattern
+#: ``classes`` settings of :func:`generate_case`: the paper-like default and the easier demonstration cohort.
+CLASS_SETTINGS = ("paper", "distinct")
 
 
 @dataclass
@@ -222,14 +233,19 @@ def generate_case(
     spacing_mm: float | None = 1.0,
     size: int | None = None,
     label_noise: float = 0.0,
+    classes: str = "paper",
+    skull_stripped: bool = False,
 ) -> SyntheticCase:
     """Build one synthetic case; the same arguments always give the same images.
 
     ``spacing_mm`` sets the post-op voxel size; ``size`` instead fits ``size``
     voxels across the largest side of the field of view (small test cases).
+    ``classes`` and ``skull_stripped``: see the module's docstring.
     """
     if label not in CLASS_NAMES:
         raise InputError(f"Synthetic case {case_id}: unknown label '{label}'; use one of {', '.join(CLASS_NAMES)}.")
+    check_class_setting(classes)
+    distinct = classes == "distinct"
     if size is not None:
         if size < 16:
             raise InputError(f"Synthetic case size {size} is too small; use at least 16 voxels.")
@@ -247,7 +263,8 @@ def generate_case(
     outside: np.ndarray = anatomy["outside"]  # type: ignore[assignment]
     gm, wm = anatomy["gm"], anatomy["wm"]
     recurrence = label == "recurrence"
-    truth: dict[str, Any] = {"case_id": case_id, "label": label, "seed": int(seed)}
+    truth: dict[str, Any] = {"case_id": case_id, "label": label, "seed": int(seed), "classes": classes,
+                             "skull_stripped": bool(skull_stripped)}
 
     # Healthy T1c head: template T1 inside the brain; CSF, skull and scalp outside.
     base = np.where(brain, np.clip(anatomy["t1"] / 0.86, 0, 1.2), 0.0).astype(np.float32)  # type: ignore[operator]
@@ -290,6 +307,8 @@ def generate_case(
     # Radiotherapy plan on the cavity plus a margin.
     margin = rng.uniform(10.0, 20.0) if recurrence else rng.uniform(15.0, 25.0)
     prescription = 60.0 if rng.random() < (0.6 if recurrence else 0.9) else 40.05
+    if distinct:  # one prescription, as in a cohort the model is meant for (no dose-maximum warnings)
+        prescription = 60.0
     ptv_distance = (cavity_r - 1.0) * cavity_radii.mean() - margin  # < 0 inside the target
     # A plateau at the prescription inside the target, 95 % on the PTV surface, then a penumbra.
     penumbra = rng.uniform(1.5, 2.5)
@@ -302,10 +321,12 @@ def generate_case(
 
     # The new lesion seen on the event MRI.
     wall = (cavity_r - 1.0) * cavity_radii.mean()  # approx. mm from the cavity wall (outside > 0)
-    typical = rng.random() < TYPICAL_FRACTION
+    typical = rng.random() < TYPICAL_FRACTION or distinct
     if recurrence and typical:
         variant, zone = "recurrence-wall", brain & (wall > 0) & (wall < 4)
         n_foci, radius_range, thickness = 1, (7.0, 12.0), rng.uniform(2.5, 4.0)
+        if distinct:
+            radius_range, thickness = (11.0, 15.0), rng.uniform(4.0, 6.0)
     elif recurrence:
         variant, zone = "recurrence-distant", brain & (wall > 8) & (wall < 25) & (depth > 6)
         n_foci, radius_range, thickness = 1, (6.0, 10.0), rng.uniform(2.5, 4.0)
@@ -313,6 +334,8 @@ def generate_case(
         variant = "rice-white-matter"
         zone = brain & (wall > 6) & (core > 0.95) & (wm > 0.5) & (depth > 6)  # type: ignore[operator]
         n_foci, radius_range, thickness = int(rng.integers(1, 4)), (4.0, 7.0), rng.uniform(1.2, 2.0)
+        if distinct:
+            radius_range = (3.0, 5.0)
     else:
         variant, zone = "rice-near-wall", brain & (wall > 2) & (wall < 6) & (core > 0.9)
         n_foci, radius_range, thickness = 1, (5.0, 8.0), rng.uniform(1.5, 2.5)
@@ -384,6 +407,11 @@ def generate_case(
     dose.CopyInformation(dose_grid)
     brain_mask = sitk.GetImageFromArray((acquire(brain.astype(np.float32), postop_grid, postop_pose) > 0.5).astype(np.uint8))
     brain_mask.CopyInformation(postop_grid)
+    if skull_stripped:
+        event_brain = sitk.GetImageFromArray((acquire(brain.astype(np.float32), event_grid, event_pose) > 0.5).astype(np.int16))
+        event_brain.CopyInformation(event_grid)
+        postop = postop * sitk.Cast(brain_mask, sitk.sitkInt16)
+        event = event * event_brain
     lesion_mask = sitk.GetImageFromArray((acquire(lesion.astype(np.float32), event_grid, event_pose) > 0.5).astype(np.uint8))
     lesion_mask.CopyInformation(event_grid)
 
@@ -404,6 +432,11 @@ def generate_case(
         written_label = CLASS_NAMES[1 - CLASS_NAMES.index(label)]
     truth["written_label"] = written_label
     return SyntheticCase(case_id, written_label, postop, event, dose, brain_mask, lesion_mask, _affine(event_from_reference), truth)
+
+
+def check_class_setting(classes: str) -> None:
+    if classes not in CLASS_SETTINGS:
+        raise InputError(f"Synthetic class setting '{classes}' is unknown; use one of {', '.join(CLASS_SETTINGS)}.")
 
 
 def non_head_volume(like: sitk.Image, seed: int = 0) -> sitk.Image:
@@ -473,6 +506,8 @@ def write_cohort(
     workers: int = 1,
     progress=None,
     cancel=None,
+    classes: str = "paper",
+    skull_stripped: bool = False,
 ) -> Path:
     """Write ``cases`` synthetic patients and ``cohort.csv`` into ``out``; returns the CSV path.
 
@@ -488,12 +523,14 @@ def write_cohort(
         raise InputError(f"Number of synthetic cases must be at least 1 (got {cases}).")
     if workers < 1:
         raise InputError(f"Number of worker processes must be at least 1 (got {workers}).")
+    check_class_setting(classes)
     out = Path(out)
     if (out / "cohort.csv").exists():
         raise InputError(f"{out} already holds a cohort (cohort.csv); choose an empty folder.")
     report = as_progress(progress, cancel)
     jobs = [(f"SYN{index + 1:03d}", label, seed * 100003 + index) for index, label in enumerate(cohort_labels(cases, seed))]
-    make = functools.partial(_write_cohort_case, out, spacing_mm=spacing_mm, size=size, label_noise=label_noise)
+    make = functools.partial(_write_cohort_case, out, spacing_mm=spacing_mm, size=size, label_noise=label_noise,
+                             classes=classes, skull_stripped=skull_stripped)
     written: dict[str, tuple] = {}
     if workers == 1:
         for index, job in enumerate(jobs):
@@ -514,19 +551,22 @@ def write_cohort(
                 raise
     rows = [written[case_id] for case_id, _, _ in jobs]
     write_text(out / "NOTICE-MNI-ICBM152.txt", MNI_NOTICE)
-    write_json(out / "summary.json", {"seed": seed, "cases": [summary for _, summary in rows]})
+    write_json(out / "summary.json", {"seed": seed, "classes": classes, "skull_stripped": bool(skull_stripped),
+                                      "cases": [summary for _, summary in rows]})
     csv_path = write_cohort_csv(out / "cohort.csv", [case for case, _ in rows])
     report(1.0, "done")
     return csv_path
 
 
 def _write_cohort_case(out: Path, job: tuple[str, str, int], spacing_mm: float | None, size: int | None,
-                       label_noise: float) -> tuple[Any, dict[str, Any]]:
+                       label_noise: float, classes: str = "paper",
+                       skull_stripped: bool = False) -> tuple[Any, dict[str, Any]]:
     """Make and write one patient of a cohort: its table row and its line of ``summary.json``."""
     from .cohort import Case
 
     case_id, label, case_seed = job
-    case = generate_case(case_id, label, seed=case_seed, spacing_mm=spacing_mm, size=size, label_noise=label_noise)
+    case = generate_case(case_id, label, seed=case_seed, spacing_mm=spacing_mm, size=size, label_noise=label_noise,
+                         classes=classes, skull_stripped=skull_stripped)
     paths = write_case(case, out / case_id)
     summary = {k: case.truth[k] for k in ("case_id", "label", "written_label", "lesion_variant", "prescription_gy",
                                           "relative_rotation_deg", "relative_translation_mm")}
