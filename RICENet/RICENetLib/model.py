@@ -10,6 +10,7 @@ torch.Size([1, 2])
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -19,15 +20,22 @@ from .errors import BundleError
 SUPPORTED_NETWORKS = ("resnet18",)
 
 
-def default_architecture(n_input_channels: int, num_classes: int = 2, conv1_t_stride: int = 1) -> dict[str, Any]:
-    """MONAI ``resnet18`` arguments as the paper uses them (MONAI defaults otherwise)."""
-    return {
+def default_architecture(n_input_channels: int, num_classes: int = 2, conv1_t_stride: int = 1,
+                         widen_factor: float = 1.0) -> dict[str, Any]:
+    """MONAI ``resnet18`` arguments as the paper uses them (MONAI defaults otherwise); a ``widen_factor`` other
+    than 1 (quick runs) is recorded, the paper's width is not, so older bundles compare equal."""
+    architecture: dict[str, Any] = {
         "name": "resnet18",
         "spatial_dims": 3,
         "n_input_channels": int(n_input_channels),
         "num_classes": int(num_classes),
         "conv1_t_stride": int(conv1_t_stride),
     }
+    if not (widen_factor > 0 and math.isfinite(widen_factor)):
+        raise BundleError(f"The widen factor must be a positive number (got {widen_factor!r}).")
+    if widen_factor != 1.0:
+        architecture["widen_factor"] = float(widen_factor)
+    return architecture
 
 
 def build_network(architecture: dict[str, Any]) -> torch.nn.Module:
