@@ -558,8 +558,11 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onMoveReview(self, where) -> None:
         """Show the case at row ``where`` (or the "next"/"previous" one): stored results at once, else the engine."""
-        review = self._review
-        if review is None or (self._task is not None and not task_stop.stop(self._task, task_stop.SCENE_CLOSE_WAIT_S)):
+        review, node = self._review, self._parameterNode
+        if review is None or node is None:
+            return
+        if self._task is not None and not task_stop.stop(self._task, task_stop.SCENE_CLOSE_WAIT_S):
+            self.ui.statusLabel.text = _("Cancelling… (stops at the next step); then move on.")
             return
         self._task = None
         self._setRunning(False)
@@ -568,7 +571,6 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         case = {"next": review.next, "previous": review.previous}[where]() if isinstance(where, str) else review.go(where)
         if case is None:
             return
-        node = self._parameterNode
         shown = self.logic.review.show(case, settingsFromParameterNode(node))
         self._job, self._result = shown.job, None
         self.ui.reviewTableWidget.selectRow(review.position)
@@ -578,9 +580,11 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 node.postopVolume, node.eventVolume, node.doseVolume = (shown.volumes[m] for m in ("postop", "event", "dose"))
         if shown.result is not None:
             self._showResult(shown.result, 0.0)
-            self.ui.statusLabel.text = _("Stored results of {case} (not recomputed).").format(case=case.case_id)
+            self.ui.statusLabel.text = " ".join([_("Stored results of {case} (not recomputed).").format(case=case.case_id)]
+                                                + shown.result.messages)
         elif shown.needs_engine:
             self.onApplyButton()  # the module's own path: worker thread, progress, Cancel
+        self._updateButtons()
         self._updateReviewButtons()
 
     def onReviewCall(self, call) -> None:

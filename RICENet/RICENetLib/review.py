@@ -313,15 +313,15 @@ class ReviewList:
     # -- the table the widget shows ----------------------------------------
     def rows(self) -> list[dict[str, str]]:
         """One dict per case, the columns of the review table in the module (text, ready to show)."""
-        def percent(value: float | None) -> str:
+        def two_places(value: float | None) -> str:
             return "" if value is None else f"{value:.2f}"
 
         out = []
         for case in self.cases:
             call = self.call_of(case.case_id)
             out.append({"case": case.case_id, "verdict": case.label or ("failed" if case.error else "not computed"),
-                        "mean p": percent(case.mean_probability), "agreement": case.agreement,
-                        "calibrated p": percent(case.calibrated_probability), "quality": case.quality,
+                        "mean p": two_places(case.mean_probability), "agreement": case.agreement,
+                        "calibrated p": two_places(case.calibrated_probability), "quality": case.quality,
                         "heatmap in high dose": "" if case.heatmap_in_high_dose is None
                         else f"{100 * case.heatmap_in_high_dose:.0f} %",
                         "call": call.call, "note": call.note, "error": case.error})

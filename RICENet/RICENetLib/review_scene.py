@@ -1,9 +1,6 @@
 """Review mode in a scene: show one case of a :class:`~RICENetLib.review.ReviewList`, replacing the last.
 
-Showing a case removes the previous case's nodes (its three volumes, results
-table, heatmap, isodose lines, registration transform, dose table: everything
-tagged with its keys), loads the case's three volumes from their files, and
-then either
+Showing a case loads its three volumes from their files, then either
 
 * shows its stored results (``prediction.json``, ``occlusion.nii.gz``,
   ``registration.tfm``) through the module's own display code
@@ -12,8 +9,11 @@ then either
   Apply does (:meth:`ClassificationLogic.start` in the GUI, :meth:`compute`
   in scripts) and then shows with :meth:`ClassificationLogic.show`.
 
-A case that failed in the batch, or whose files cannot be read, comes back
-with its error and an empty scene for that case; the list goes on. MRML is
+and then removes the previous case's nodes (its three volumes, results table,
+heatmap, isodose lines, registration transform, dose table: everything tagged
+with its keys). A case that failed in the batch, or whose files cannot be
+read, comes back with its error (and whatever of it could be loaded); the list
+goes on. MRML is
 reached only through :mod:`RICENetLib.mrml` and the logic; main thread only.
 
 >>> view = ReviewScene(ClassificationLogic(scene))                # doctest: +SKIP
@@ -56,6 +56,7 @@ class ReviewScene:
     def __init__(self, logic: ClassificationLogic) -> None:
         self.logic = logic
         self._keys: set[str] = set()  # tags of the nodes the shown case owns
+        self._shows = 0  # a new tag for every show, so that showing a case again never finds the old nodes
 
     @property
     def scene(self) -> Any:
@@ -68,13 +69,17 @@ class ReviewScene:
         return removed
 
     def show(self, case: ReviewCase, settings: ClassificationSettings) -> ShownCase:
-        """Replace the shown case by ``case`` (see the module docstring); never raises for a bad case."""
-        self.clear()
+        """Replace the shown case by ``case`` (see the module docstring); a bad case comes back with its error.
+
+        The new case's nodes go in first and the last case's come out after, so the slice views switch from
+        one case to the next without showing an empty scene in between.
+        """
+        previous, self._keys = self._keys, set()
         shown = ShownCase(case)
-        if case.error:
-            shown.error = case.error
-            return shown
         try:
+            if case.error:
+                shown.error = case.error
+                return shown
             images = self._load_volumes(case, shown)
             if case.stored:
                 prediction = load_stored(case)
@@ -86,11 +91,18 @@ class ReviewScene:
                     job.dose_overlap = DoseOverlap.from_dict(prediction.dose_overlap)
                 shown.result = self.logic.show(job, prediction)
                 shown.job = job
+                if prediction.event_to_reference is None:
+                    shown.result.messages.append(
+                        f"{case.results} holds no registration.tfm (written by an earlier RICE-NET): the event MRI "
+                        "is shown as stored, not lined up with the heatmap; run the case again to register it.")
             else:
                 v = shown.volumes
+                mrml.show_in_slice_views(self.scene, background=v["event"])
                 shown.job = self.logic.prepare(v["postop"], v["event"], v["dose"], settings)
         except RICENetError as error:
             shown.error = str(error)
+        finally:
+            mrml.remove_keyed_nodes(self.scene, previous)
         return shown
 
     def _load_volumes(self, case: ReviewCase, shown: ShownCase) -> dict[str, Any]:
@@ -101,7 +113,8 @@ class ReviewScene:
         if missing:
             raise InputError(f"Case {case.case_id}: the {', '.join(missing)} image(s) are not recorded "
                              "(results exported from Slicer keep no file paths); open the cohort table instead.")
-        key = REVIEW_KEY_PREFIX + case.case_id
+        self._shows += 1
+        key = f"{REVIEW_KEY_PREFIX}{case.case_id}#{self._shows}"
         self._keys.add(key)
         images = {}
         for modality in MODALITIES:
