@@ -7,14 +7,14 @@ Showing a case loads its three volumes from their files, then either
   (:meth:`ClassificationLogic.show`) without running the engine, or
 * hands back a prepared job for the engine, which the caller runs as a normal
   Apply does (:meth:`ClassificationLogic.start` in the GUI, :meth:`compute`
-  in scripts) and then shows with :meth:`ClassificationLogic.show`.
+  in scripts) and then shows with :meth:`ClassificationLogic.show`;
 
 and then removes the previous case's nodes (its three volumes, results table,
 heatmap, isodose lines, registration transform, dose table: everything tagged
 with its keys). A case that failed in the batch, or whose files cannot be
 read, comes back with its error (and whatever of it could be loaded); the list
-goes on. MRML is
-reached only through :mod:`RICENetLib.mrml` and the logic; main thread only.
+goes on. MRML is reached only through :mod:`RICENetLib.mrml` and the logic;
+main thread only.
 
 >>> view = ReviewScene(ClassificationLogic(scene))                # doctest: +SKIP
 >>> shown = view.show(review.current, settings)                   # doctest: +SKIP
