@@ -49,6 +49,8 @@ from slicer.util import VTKObservationMixin
 from RICENetLib import dependencies, task_stop
 from RICENetLib.sample_data import SAMPLE_CATEGORY, SAMPLE_NAME, register_sample_data
 from RICENetLib.gil_yield import MainThreadYielder
+from RICENetLib.review import CALLS, ReviewList
+from RICENetLib.review_scene import ReviewScene
 from RICENetLib.slicer_logic import (
     DEVICES,
     DOSE_UNITS,
@@ -63,6 +65,10 @@ from RICENetLib.slicer_logic import (
 
 OCCLUSION_PRESETS = ("quick", "standard", "fine")
 SETTINGS_BUNDLE_KEY = "RICENet/BundlePath"
+SETTINGS_REVIEWER_KEY = "RICENet/Reviewer"
+#: Review shortcuts, active while the module is shown (installed on enter, removed on exit), also with the
+#: focus in a slice view. Alt+arrows and Alt+digits are not taken by Slicer's menus or slice views.
+REVIEW_SHORTCUTS = {"Alt+Right": "next", "Alt+Left": "previous", "Alt+1": "agree", "Alt+2": "disagree", "Alt+3": "unsure"}
 POLL_INTERVAL_MS = 200
 
 
@@ -285,6 +291,8 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._yieldTimer = None
         self._yielder = None
+        self._review = None  # the open ReviewList
+        self._shortcuts = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -313,18 +321,30 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # The heatmap sliders restyle from the parameter-node observer (_onParameterNodeModified): a slot
         # connected here would run before the parameter node's own connection and read the previous value.
         self.ui.occlusionCheckBox.connect("toggled(bool)", self.ui.occlusionPresetComboBox.setEnabled)
+        self.ui.openReviewListButton.connect("clicked(bool)", self.onOpenReviewList)
+        self.ui.previousCaseButton.connect("clicked(bool)", lambda _checked: self.onMoveReview("previous"))
+        self.ui.nextCaseButton.connect("clicked(bool)", lambda _checked: self.onMoveReview("next"))
+        for call in CALLS:
+            getattr(self.ui, f"{call}Button").connect("clicked(bool)", lambda _checked, c=call: self.onReviewCall(c))
+        self.ui.reviewNoteLineEdit.connect("editingFinished()", lambda: self.onReviewCall(None))
+        self.ui.reviewTableWidget.connect("cellClicked(int,int)", lambda row, _column: self.onMoveReview(row))
+        self.ui.reviewerLineEdit.text = str(qt.QSettings().value(SETTINGS_REVIEWER_KEY) or "")
+        self._updateReviewButtons()
 
         self._setRunning(False)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:  # also when Slicer quits
+        self._removeShortcuts()
         self._stopTask(task_stop.QUIT_WAIT_S)
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self._installShortcuts()
 
     def exit(self) -> None:
+        self._removeShortcuts()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -489,6 +509,110 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.logic.engine.restyle_heatmap(node.heatmapVolume.GetID(), settingsFromParameterNode(node))
 
+    # -- review mode (RICENetLib.review: the list and its CSV; review_scene: one case at a time) -------------
+    def _installShortcuts(self) -> None:
+        if self._shortcuts:
+            return
+        actions = {"next": lambda: self.onMoveReview("next"), "previous": lambda: self.onMoveReview("previous")}
+        actions.update({call: (lambda c=call: self.onReviewCall(c)) for call in CALLS})
+        for key, action in REVIEW_SHORTCUTS.items():
+            shortcut = qt.QShortcut(slicer.util.mainWindow())
+            shortcut.setKey(qt.QKeySequence(key))
+            shortcut.connect("activated()", actions[action])
+            self._shortcuts.append(shortcut)
+
+    def _removeShortcuts(self) -> None:
+        for shortcut in self._shortcuts:
+            shortcut.disconnect("activated()")
+            shortcut.setParent(None)
+        self._shortcuts = []
+
+    def onOpenReviewList(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Open a results table (predictions.csv) or a cohort table"), "",
+            _("Case lists (*.csv)"))
+        if not path:
+            return
+        source = pathlib.Path(path)
+        with slicer.util.tryWithErrorDisplay(_("The case list could not be opened."), waitCursor=True):
+            self._review = ReviewList.open(source.parent if source.name == "predictions.csv" else source)
+            self.ui.reviewListLabel.text = _("{count} cases; calls saved to {path}").format(
+                count=len(self._review.cases), path=self._review.review_file)
+            self._fillReviewTable()
+            self.onMoveReview(0)
+
+    def _fillReviewTable(self) -> None:
+        table, rows = self.ui.reviewTableWidget, self._review.rows()
+        columns = [c for c in rows[0] if c != "error"]
+        table.clear()
+        table.setColumnCount(len(columns))
+        table.setRowCount(len(rows))
+        table.setHorizontalHeaderLabels(columns)
+        for r, row in enumerate(rows):
+            for c, column in enumerate(columns):
+                item = qt.QTableWidgetItem(row[column])
+                if row["error"]:
+                    item.setToolTip(row["error"])
+                table.setItem(r, c, item)
+        table.resizeColumnsToContents()
+
+    def onMoveReview(self, where) -> None:
+        """Show the case at row ``where`` (or the "next"/"previous" one): stored results at once, else the engine."""
+        review, node = self._review, self._parameterNode
+        if review is None or node is None:
+            return
+        if self._task is not None and not task_stop.stop(self._task, task_stop.SCENE_CLOSE_WAIT_S):
+            self.ui.statusLabel.text = _("Cancelling… (stops at the next step); then move on.")
+            return
+        self._task = None
+        self._setRunning(False)
+        if review.call_of(review.current.case_id).note != self.ui.reviewNoteLineEdit.text:
+            self.onReviewCall(None)  # a note typed but not yet confirmed belongs to the case it was typed on
+        case = {"next": review.next, "previous": review.previous}[where]() if isinstance(where, str) else review.go(where)
+        if case is None:
+            return
+        shown = self.logic.review.show(case, settingsFromParameterNode(node))
+        self._job, self._result = shown.job, None
+        self.ui.reviewTableWidget.selectRow(review.position)
+        self.ui.reviewCaseLabel.text = f"{case.case_id}: " + (shown.error or case.verdict or _("not computed yet"))
+        if shown.volumes:
+            with slicer.util.NodeModify(node.parameterNode):
+                node.postopVolume, node.eventVolume, node.doseVolume = (shown.volumes[m] for m in ("postop", "event", "dose"))
+        if shown.result is not None:
+            self._showResult(shown.result, 0.0)
+            self.ui.statusLabel.text = " ".join([_("Stored results of {case} (not recomputed).").format(case=case.case_id)]
+                                                + shown.result.messages)
+        elif shown.needs_engine:
+            self.onApplyButton()  # the module's own path: worker thread, progress, Cancel
+        self._updateButtons()
+        self._updateReviewButtons()
+
+    def onReviewCall(self, call) -> None:
+        review = self._review
+        if review is None:
+            return
+        reviewer = self.ui.reviewerLineEdit.text.strip()
+        qt.QSettings().setValue(SETTINGS_REVIEWER_KEY, reviewer)
+        with slicer.util.tryWithErrorDisplay(_("The review table could not be saved; your last call is not recorded.")):
+            review.record(review.current.case_id, call, note=self.ui.reviewNoteLineEdit.text, reviewer=reviewer)
+        self._fillReviewTable()
+        self.ui.reviewTableWidget.selectRow(review.position)
+        self._updateReviewButtons()
+
+    def _updateReviewButtons(self) -> None:
+        review = self._review
+        for name in ("previousCaseButton", "nextCaseButton", "agreeButton", "disagreeButton", "unsureButton",
+                     "reviewNoteLineEdit"):
+            getattr(self.ui, name).enabled = review is not None
+        if review is None:
+            return
+        self.ui.previousCaseButton.enabled = review.position > 0
+        self.ui.nextCaseButton.enabled = review.position + 1 < len(review.cases)
+        current = review.call_of(review.current.case_id)
+        for call in CALLS:
+            getattr(self.ui, f"{call}Button").checked = current.call == call
+        self.ui.reviewNoteLineEdit.text = current.note
+
     # -- export ------------------------------------------------------------
     def onExportButton(self) -> None:
         if self._result is None or self._job is None:
@@ -525,6 +649,7 @@ class RICENetLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.engine = ClassificationLogic(slicer.mrmlScene)
+        self.review = ReviewScene(self.engine)  # review mode: one case of a list at a time in the scene
 
     def getParameterNode(self) -> RICENetParameterNode:
         return RICENetParameterNode(super().getParameterNode())

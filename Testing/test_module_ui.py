@@ -36,7 +36,7 @@ BINDABLE = {
     "path": {"ctkPathLineEdit", "ctkDirectoryButton"},
     "node": {"qMRMLNodeComboBox"},
 }
-QT_CLASSES = {"QWidget", "QLabel", "QPushButton", "QCheckBox", "QComboBox", "QLineEdit", "QSpinBox", "QDoubleSpinBox",
+QT_CLASSES = {"QWidget", "QLabel", "QPushButton", "QCheckBox", "QComboBox", "QLineEdit", "QSpinBox", "QDoubleSpinBox", "QTableWidget",
               "QProgressBar", "QTextEdit", "QSlider", "QTableView"}
 
 
@@ -239,3 +239,33 @@ def test_self_tests_skip_the_engine_part_when_its_packages_are_missing(module):
         if heavy:
             assert body.index("unavailable_modules(self.ENGINE_MODULES)") < heavy.start(), method.name
             assert "delayDisplay(message)" in body and "logging.warning(message)" in body
+
+
+def test_review_section_holds_its_controls_and_shortcuts_follow_the_module():
+    """The collapsible Review section has the list, the table, Previous/Next, the three calls, the note and
+    the reviewer; its keyboard shortcuts exist only while the module is shown (Slicer's own modules put them
+    on the main window on enter and take them off on exit), and every one names an action the widget has."""
+    root = ui_tree("RICENet")
+    section = next(w for w in root.iter("widget") if w.get("name") == "reviewCollapsibleButton")
+    assert section.get("class") == "ctkCollapsibleButton"
+    inside = ui_widgets(section)
+    wanted = {"openReviewListButton": "QPushButton", "reviewTableWidget": "QTableWidget",
+              "previousCaseButton": "QPushButton", "nextCaseButton": "QPushButton", "agreeButton": "QPushButton",
+              "disagreeButton": "QPushButton", "unsureButton": "QPushButton", "reviewNoteLineEdit": "QLineEdit",
+              "reviewerLineEdit": "QLineEdit"}
+    assert {name: inside.get(name) for name in wanted} == wanted
+    source = module_source("RICENet")
+    tree = ast.parse(source)
+    shortcuts = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                     and getattr(n.targets[0], "id", "") == "REVIEW_SHORTCUTS")
+    from RICENetLib.review import CALLS
+
+    assert set(shortcuts.values()) == {"next", "previous", *CALLS} and len(shortcuts) == 2 + len(CALLS)
+    methods = {n.name: ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert "self._installShortcuts()" in methods["enter"]
+    assert "self._removeShortcuts()" in methods["exit"] and "self._removeShortcuts()" in methods["cleanup"]
+    assert "setParent(None)" in methods["_removeShortcuts"]
+    for tooltip_key in shortcuts:  # the buttons' tool tips tell the keys
+        assert tooltip_key in ET.tostring(section, encoding="unicode"), tooltip_key
+    # A case without stored results goes through the module's own Apply path (worker thread, progress, Cancel).
+    assert "self.onApplyButton()" in methods["onMoveReview"]

@@ -5,9 +5,10 @@ heatmap (reference space) in the foreground, the isodose lines on top; the
 test reads the rendered pixels to check that heatmap colours cover the lesion
 and nothing far from it.
 
-Run as a script to (re)make the extension's screenshot::
+Run as a script to (re)make the extension's screenshot, or the README's picture of review mode::
 
     python Testing/test_rendering.py --screenshot Resources/Screenshot01.png
+    python Testing/test_rendering.py --review --screenshot docs/review_case.png
 """
 
 from __future__ import annotations
@@ -186,6 +187,103 @@ def test_isodose_outlines_are_drawn(rendered_case):
     assert outline.sum() < 0.05 * outline.size
 
 
+# --------------------------------------------------------------------------- review mode
+
+
+def review_results(folder: Path, case, bundle: str | Path, ids=("CASE1", "CASE2")) -> Path:
+    """A results folder as ``ricenet predict --cohort`` writes it, for ``case`` under each of ``ids``.
+
+    The prediction is the engine's (``predict_case`` with ``bundle``, no occlusion); its heatmap is the
+    lesion stand-in of :func:`lesion_heatmap` (an untrained bundle's map would show nothing), and its
+    registration the generator's ground truth, so the picture shows where the map lands, not what a model
+    learnt. Written by the CLI's own writer.
+    """
+    import csv
+    import shutil
+
+    from RICENetLib.inference import predict_case
+    from RICENetLib.prediction_outputs import write_prediction
+
+    inputs = {}
+    for name in ("postop", "event", "dose"):
+        inputs[name] = folder / f"{name}.nii.gz"
+        sitk.WriteImage(getattr(case, name), str(inputs[name]))
+    prediction = predict_case(str(bundle), case.postop, case.event, case.dose)
+    prediction.occlusion, prediction.event_to_reference = lesion_heatmap(case), case.event_from_reference
+    results = folder / "results"
+    write_prediction(prediction, results / ids[0], inputs["postop"], inputs["event"], inputs["dose"])
+    for case_id in ids[1:]:
+        shutil.copytree(results / ids[0], results / case_id)
+    with open(results / "predictions.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["patient_id", "error"]] + [[i, ""] for i in ids])
+    return results
+
+
+def show_in_review(viewer: "OffscreenSlicer", results: Path, position: int, levels: str = "50, 60"):
+    """Open the list and show case ``position`` as the module's review mode does (stored results)."""
+    from RICENetLib.review import ReviewList
+    from RICENetLib.review_scene import ReviewScene
+    from RICENetLib.slicer_logic import ClassificationLogic, ClassificationSettings
+
+    if not hasattr(viewer, "review_scene"):
+        viewer.review_scene = ReviewScene(ClassificationLogic(viewer.scene))
+    review = ReviewList.open(results)
+    settings = ClassificationSettings(isodose_levels=levels, heatmap_threshold=0.2, heatmap_opacity=0.65)
+    return viewer.review_scene.show(review.go(position), settings)
+
+
+def test_a_case_in_review_renders_its_stored_heatmap_and_replaces_the_last(small_case, tmp_path):
+    from RICENetLib.slicer_logic import untrained_bundle
+
+    bundle = untrained_bundle(tmp_path / "bundle", n_folds=2, input_size=32, spacing_mm=6.0)
+    results = review_results(tmp_path, small_case, bundle)
+    prescription = small_case.truth["prescription_gy"]
+    levels = f"{0.8 * prescription:g}, {0.95 * prescription:g}"
+    viewer = OffscreenSlicer()
+    try:
+        counts = []
+        for position in (0, 1, 0):
+            shown = show_in_review(viewer, results, position, levels)
+            assert shown.result is not None and not shown.error
+            counts.append(viewer.scene.GetNumberOfNodes())
+        shot = viewer.render(np.array(small_case.truth["lesion_centre_postop_mm"]))
+    finally:
+        viewer.close()
+    assert len(set(counts)) == 1, counts
+    colour = coloured(shot.rgb) & ~cyan_or_green(shot.rgb)
+    cx, cy = (int(round(v)) for v in shot.lesion_xy)
+    assert colour[cy - 2 : cy + 3, cx - 2 : cx + 3].all(), "the stored heatmap is not on the lesion"
+    assert cyan_or_green(shot.rgb).sum() > 40  # the isodose lines of the reloaded dose
+
+
+def make_review_screenshot(path: Path, bundle: str | None = None, size=(900, 700)) -> Path:
+    """The README's picture of a case in review: the second case of a two-case results folder, shown from
+    its stored results (see :func:`review_results`) after the first, on a 1 mm synthetic head."""
+    import tempfile
+
+    from PIL import Image
+
+    from RICENetLib.slicer_logic import untrained_bundle
+    from RICENetLib.synthetic import generate_case
+
+    case = None
+    for attempt in range(40):  # as make_screenshot: a 60 Gy plan, the lesion in the high-dose region
+        case = generate_case("Review", "recurrence", seed=7 + attempt, spacing_mm=1.0)
+        if case.truth["prescription_gy"] == 60.0 and case.truth["lesion_dose_fraction_at_centre"] > 0.6:
+            break
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        bundle = bundle or untrained_bundle(folder / "bundle", n_folds=2, input_size=32, spacing_mm=6.0)
+        results = review_results(folder, case, bundle, ids=("P001", "P002"))
+        viewer = OffscreenSlicer(*size)
+        show_in_review(viewer, results, 0)
+        show_in_review(viewer, results, 1)
+        shot = viewer.render(np.array(case.truth["lesion_centre_postop_mm"]))
+        viewer.close()
+    Image.fromarray(shot.rgb).save(path, optimize=True)
+    return path
+
+
 # --------------------------------------------------------------------------- screenshot
 
 
@@ -226,12 +324,17 @@ def make_screenshot(path: Path, *, spacing_mm: float = 1.0, seed: int = 7, label
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--screenshot", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--review", action="store_true",
+                        help="the README's picture of a case in review mode (stored results) instead")
     parser.add_argument("--bundle", help="a trained model bundle: use its occlusion map (default: a lesion stand-in)")
     parser.add_argument("--occlusion", default="standard", help="occlusion preset with --bundle (quick, standard, fine)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--spacing", type=float, default=1.0)
     args = parser.parse_args(argv)
     args.screenshot.parent.mkdir(parents=True, exist_ok=True)
+    if args.review:
+        print(make_review_screenshot(args.screenshot, bundle=args.bundle))
+        return 0
     print(make_screenshot(args.screenshot, spacing_mm=args.spacing, seed=args.seed, bundle=args.bundle,
                           occlusion=args.occlusion))
     return 0

@@ -54,6 +54,7 @@ ROLE_RESULTS = "results"
 ROLE_REGISTRATION = "registration"
 ROLE_COLORMAP = "colormap"
 ROLE_DOSE_OVERLAP = "dose_overlap"
+ROLE_REVIEW_VOLUME = "review-volume"  # an input volume that review mode loaded (and removes again)
 
 HEATMAP_COLOR_NODE_NAME = "RICENet Inferno"
 
@@ -299,6 +300,28 @@ def get_or_create_node(scene, class_name: str, name: str, *, role: str, key: str
         if key is not None:
             node.SetAttribute(KEY_ATTRIBUTE, key)
     return node
+
+
+def remove_keyed_nodes(scene, keys: Iterable[str]) -> int:
+    """Remove every node tagged with one of ``keys`` (:data:`KEY_ATTRIBUTE`), with its display and storage nodes.
+
+    Review mode calls it before showing the next case, so that a long list
+    does not pile nodes (and their voxels) up in the scene. Returns how many
+    tagged nodes went.
+    """
+    keys = set(keys)
+    tagged = [node for node in (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()))
+              if node is not None and node.GetAttribute(KEY_ATTRIBUTE) in keys]
+    for node in tagged:
+        helpers = []
+        for kind in ("Display", "Storage"):
+            count = getattr(node, f"GetNumberOf{kind}Nodes", None)
+            if count is not None:
+                helpers += [getattr(node, f"GetNth{kind}Node")(i) for i in range(count())]
+        for other in [node] + [h for h in helpers if h is not None]:
+            if other.GetScene() is scene:
+                scene.RemoveNode(other)
+    return len(tagged)
 
 
 def find_dose_volume(scene):
@@ -786,7 +809,7 @@ def update_training_plot(
 
 __all__ = [
     "DOSE_ATTRIBUTE", "KEY_ATTRIBUTE", "ROLE_ATTRIBUTE", "HeatmapStyle", "affine_from_sitk_transform",
-    "jump_slice_views", "find_dose_volume", "find_role_node", "get_or_create_node", "guess_input_volumes",
+    "jump_slice_views", "find_dose_volume", "remove_keyed_nodes", "find_role_node", "get_or_create_node", "guess_input_volumes",
     "heatmap_color_node", "image_to_volume", "ijk_to_ras_from_image", "parent_to_world", "peak_ras",
     "set_foreground_opacity", "set_heatmap_style", "show_in_slice_views", "sitk_transform_from_node",
     "table_rows", "update_heatmap", "update_isodose", "update_registration_transform", "update_results_table",

@@ -1,4 +1,4 @@
-"""Write a prediction's files: ``prediction.json``, ``occlusion.nii.gz``, ``overview.png``, ``report.html``.
+"""Write a prediction's files: ``prediction.json``, ``occlusion.nii.gz``, ``registration.tfm``, ``overview.png``, ``report.html``.
 
 The same writer serves the CLI and the Slicer module's Export button, so both
 produce identical reports.
@@ -43,7 +43,8 @@ def write_prediction(
     ``dose_overlap`` (a :class:`~RICENetLib.dose_overlap.DoseOverlap`, e.g. with a lesion's figures) is
     computed here from the heatmap and the dose when not given.
     """
-    inputs = {name: str(value) if not isinstance(value, sitk.Image) else "(image in memory)"
+    # Absolute paths: review mode (review.py) reloads the three volumes from here, from any working folder.
+    inputs = {name: str(Path(value).absolute()) if not isinstance(value, sitk.Image) else "(image in memory)"
               for name, value in (("postop", postop), ("event", event), ("dose", dose))}
     if prediction.reference is None:
         prediction.reference = _image(postop)
@@ -64,6 +65,9 @@ def write_prediction(
         if prediction.occlusion is not None:
             write_image(prediction.occlusion, tmp / "occlusion.nii.gz")
             names["occlusion"] = "occlusion.nii.gz"
+        if prediction.event_to_reference is not None:  # review mode shows it without recomputing the registration
+            sitk.WriteTransform(prediction.event_to_reference, str(tmp / "registration.tfm"))
+            names["registration"] = "registration.tfm"
         for modality, image in (prediction.occlusion_per_modality or {}).items():
             names[f"occlusion_{modality}"] = f"occlusion_{modality}.nii.gz"
             write_image(image, tmp / names[f"occlusion_{modality}"])

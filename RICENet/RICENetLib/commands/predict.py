@@ -14,7 +14,8 @@ NAME = "predict"
 HELP = "classify a case (or a cohort) with a model bundle; optional occlusion heatmap and report"
 DESCRIPTION = (
     "Preprocess the three images with the bundle's own parameters, run every fold model, and write "
-    "prediction.json (label, probabilities, votes, agreement, per-fold results), overview.png, report.html "
+    "prediction.json (label, probabilities, votes, agreement, per-fold results), registration.tfm (event → post-op), "
+    "overview.png, report.html "
     "and with --occlusion the heatmap occlusion.nii.gz in the post-op (reference) space."
 )
 
@@ -59,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 #: What ``ricenet predict`` writes into a case's folder (``--overwrite`` replaces a folder holding nothing else).
-OUTPUT_FILES = re.compile(r"prediction\.json|overview\.png|report\.html|occlusion(_[a-z]+)?\.nii\.gz")
+OUTPUT_FILES = re.compile(r"prediction\.json|overview\.png|report\.html|registration\.tfm|occlusion(_[a-z]+)?\.nii\.gz")
 
 
 def _own(name: str) -> bool:
