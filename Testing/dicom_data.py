@@ -14,6 +14,8 @@ from pydicom.uid import generate_uid
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
 FRAME_UID = "1.2.826.0.1.3680043.8.498.2"
 PATIENT = "RICE-TEST-1"
+#: How the tests on the synthetic DICOM cohort preprocess (and the bundle they train): 6 mm, 32³, no skull stripping.
+DICOM_PREPROCESSING = {"spacing_mm": 6.0, "input_size": 32, "skull_strip": "none"}
 
 
 def mr_template() -> pydicom.Dataset:

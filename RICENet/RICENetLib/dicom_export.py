@@ -199,9 +199,10 @@ def isodose_regions(dose_gy: sitk.Image, reference: sitk.Image, prescription_gy:
                     levels: Sequence[float]) -> list[tuple[str, np.ndarray]]:
     """(label, mask on the reference grid) for each isodose level: dose ≥ level × prescription."""
     from .dose_overlap import TOLERANCE_GY
+    from .resampling import Geometry, resample_to
 
-    on_grid = sitk.Resample(sitk.Cast(dose_gy, sitk.sitkFloat32), reference, sitk.Transform(), sitk.sitkLinear, 0.0)
-    gy = sitk.GetArrayFromImage(on_grid)
+    # Resampled as dose_overlap resamples it, so the regions are the volumes prediction.json reports.
+    gy = sitk.GetArrayFromImage(resample_to(dose_gy, Geometry.from_image(reference), interpolator="linear", default=0.0))
     return [(f"{100 * level:g} % isodose ({level * prescription_gy:.1f} Gy)",
              gy >= level * prescription_gy - TOLERANCE_GY) for level in sorted(levels)]
 

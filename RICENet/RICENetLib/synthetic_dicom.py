@@ -195,12 +195,17 @@ def write_dicom_case(case: Any, folder: str | os.PathLike) -> dict[str, Path]:
 
     The truth sidecar is not written here (:func:`RICENetLib.synthetic.write_case` writes it in both formats).
     """
+    return write_dicom_images(case.case_id, case.postop, case.event, case.dose, folder)
+
+
+def write_dicom_images(case_id: str, postop: sitk.Image, event: sitk.Image, dose: sitk.Image,
+                       folder: str | os.PathLike) -> dict[str, Path]:
+    """Three images (e.g. a synthetic NIfTI case read back) as the DICOM of :func:`write_dicom_case`."""
     folder = Path(folder)
-    planning_frame, event_frame = uid(case.case_id, "frame", "planning"), uid(case.case_id, "frame", "event")
+    planning_frame, event_frame = uid(case_id, "frame", "planning"), uid(case_id, "frame", "event")
     return {
-        "postop": write_mr_series(case.postop, folder / "postop", case.case_id, "postop", planning_frame, 1,
+        "postop": write_mr_series(postop, folder / "postop", case_id, "postop", planning_frame, 1,
                                   "T1c post-op (planning)"),
-        "event": write_mr_series(case.event, folder / "event", case.case_id, "event", event_frame, 1,
-                                 "T1c follow-up"),
-        "dose": write_rtdose(case.dose, folder / "dose" / "RTDOSE.dcm", case.case_id, planning_frame, 2),
+        "event": write_mr_series(event, folder / "event", case_id, "event", event_frame, 1, "T1c follow-up"),
+        "dose": write_rtdose(dose, folder / "dose" / "RTDOSE.dcm", case_id, planning_frame, 2),
     }
