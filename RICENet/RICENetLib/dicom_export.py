@@ -79,10 +79,12 @@ def _series_files(path: Path, what: str) -> list[Path]:
     """The files of the DICOM series ``path`` names (a folder holding one series, or one of its files)."""
     import pydicom
 
+    from .image_io import _is_dicom_file
+
     if not path.exists():
         raise InputError(f"The {what} {path} does not exist.")
     folder = path if path.is_dir() else path.parent
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and _is_dicom(p)] if path.is_dir() or _is_dicom(path) else []
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and _is_dicom_file(p)] if path.is_dir() or _is_dicom_file(path) else []
     if not files:
         raise InputError(f"--dicom-out needs DICOM inputs: the {what} {path} is not DICOM (a NIfTI/NRRD file has no "
                          "patient, study or frame of reference for the results to join). Give the DICOM series "
@@ -93,20 +95,22 @@ def _series_files(path: Path, what: str) -> list[Path]:
     return files
 
 
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _image_series(path: str | os.PathLike, what: str) -> list[Any]:
-    """A classic MR/CT series' headers sorted along the slice normal (as ITK stacks them)."""
+def _headers(files: Sequence[str | os.PathLike], what: str) -> list[Any]:
     import pydicom
 
-    headers = [pydicom.dcmread(str(p), stop_before_pixels=True) for p in _series_files(Path(path), what)]
+    headers = []
+    for file in files:
+        try:
+            headers.append(pydicom.dcmread(str(file), stop_before_pixels=True))
+        except Exception as error:  # pydicom raises several types for broken files
+            raise InputError(f"The {what}'s file {file} could not be read as DICOM ({error}).") from None
+    return headers
+
+
+def _image_series(headers: list[Any], path: object, what: str) -> list[Any]:
+    """A classic MR/CT series' headers sorted along the slice normal (as ITK stacks them)."""
+    if not headers:
+        raise InputError(f"The {what} {path} has no DICOM files; DICOM results need the DICOM inputs.")
     series = {str(h.SeriesInstanceUID) for h in headers}
     if len(series) > 1:
         raise InputError(f"The {what} {path} holds {len(series)} DICOM series; put each series in its own folder.")
@@ -124,17 +128,32 @@ def _image_series(path: str | os.PathLike, what: str) -> list[Any]:
 def dicom_sources(postop: str | os.PathLike, event: str | os.PathLike, dose: str | os.PathLike) -> DicomSources:
     """The inputs' headers for the results; an :class:`InputError` saying why when an input is not DICOM.
 
-    Cheap (headers only): ``ricenet predict --dicom-out`` calls it before the work.
+    Each input is a series folder or one of its files (the RTDOSE: its file). Cheap (headers only):
+    ``ricenet predict --dicom-out`` calls it before the work.
     """
-    import pydicom
+    files = {role: _series_files(Path(path), what) for role, path, what in
+             (("postop", postop, "post-op MRI"), ("event", event, "event MRI"), ("dose", dose, "dose"))}
+    return sources_from_files(files["postop"], files["event"], files["dose"], {"postop": postop, "event": event,
+                                                                                "dose": dose})
 
-    sources = DicomSources(_image_series(postop, "post-op MRI"), _image_series(event, "event MRI"), None)
-    dose_files = _series_files(Path(dose), "dose")
-    if len(dose_files) != 1:
-        raise InputError(f"The dose {dose} holds {len(dose_files)} DICOM files; give the RTDOSE file.")
-    sources.dose = pydicom.dcmread(str(dose_files[0]), stop_before_pixels=True)
+
+def sources_from_files(postop: Sequence[str | os.PathLike], event: Sequence[str | os.PathLike],
+                       dose: Sequence[str | os.PathLike], names: Mapping[str, object] | None = None) -> DicomSources:
+    """:class:`DicomSources` from the files of each input (e.g. found in Slicer's DICOM database).
+
+    ``names`` says how messages name each input (default: its first file).
+    """
+    names = dict(names or {})
+    for role, files in (("postop", postop), ("event", event), ("dose", dose)):
+        names.setdefault(role, files[0] if files else "(no file)")
+    sources = DicomSources(_image_series(_headers(postop, "post-op MRI"), names["postop"], "post-op MRI"),
+                           _image_series(_headers(event, "event MRI"), names["event"], "event MRI"), None)
+    if len(dose) != 1:
+        raise InputError(f"The dose {names['dose']} holds {len(dose)} DICOM files; give the RTDOSE file.")
+    sources.dose = _headers(dose, "dose")[0]
     if getattr(sources.dose, "Modality", "") != "RTDOSE":
-        raise InputError(f"The dose {dose} is DICOM but not an RTDOSE (Modality {getattr(sources.dose, 'Modality', '')}).")
+        raise InputError(f"The dose {names['dose']} is DICOM but not an RTDOSE (Modality "
+                         f"{getattr(sources.dose, 'Modality', '')}).")
     patients = {str(getattr(h, "PatientID", "")) for h in (sources.postop[0], sources.event[0], sources.dose)}
     if len(patients) > 1:
         raise InputError(f"The DICOM inputs belong to different patients ({', '.join(sorted(patients))}); "
