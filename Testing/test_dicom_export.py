@@ -239,15 +239,16 @@ def test_slicer_logic_exports_dicom_for_volumes_loaded_from_dicom(dicom_cohort, 
         database.update(zip(uids, map(str, files)))
         nodes[role].SetAttribute(mrml.DICOM_INSTANCES_ATTRIBUTE, " ".join(uids))
     logic = ClassificationLogic(scene)
-    settings = ClassificationSettings(bundle=str(trained_bundle), skull_strip="none", occlusion="quick", device="cpu")
+    # No heatmap here (the CLI test checks the Parametric Map): the same writer, and occlusion is the slow part.
+    settings = ClassificationSettings(bundle=str(trained_bundle), skull_strip="none", occlusion="none", device="cpu")
     job = logic.prepare(nodes["postop"], nodes["event"], nodes["dose"], settings)
     prediction = logic.compute(job)
     paths = logic.export_dicom(job, prediction, tmp_path / "dicom", database.get)
-    assert sorted(paths) == ["heatmap", "regions", "report"]
-    pm = hd.imread(paths["heatmap"])
-    order = np.argsort([float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in pm.PerFrameFunctionalGroupsSequence])
-    assert np.allclose(pm.pixel_array[order], sitk.GetArrayFromImage(prediction.occlusion), atol=1e-7)
-    assert pm.PatientID == case.patient_id
+    assert sorted(paths) == ["regions", "report"]  # no heatmap, no Parametric Map
+    seg = hd.seg.segread(paths["regions"])
+    assert seg.PatientID == case.patient_id and seg.FrameOfReferenceUID == pydicom.dcmread(
+        case.paths["dose"], stop_before_pixels=True).FrameOfReferenceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence][-1].startswith("95 % isodose")
     items = _numbers(hd.sr.srread(paths["report"]))
     assert items[("ensemble", f"p-{prediction.label}")] == pytest.approx(prediction.probabilities[prediction.label])
     # A volume that did not come from the DICOM database cannot give the results a patient and a study.
@@ -255,3 +256,15 @@ def test_slicer_logic_exports_dicom_for_volumes_loaded_from_dicom(dicom_cohort, 
     with pytest.raises(InputError, match="event MRI .* was not loaded from Slicer's DICOM database"):
         logic.export_dicom(job, prediction, tmp_path / "again", database.get)
     assert not (tmp_path / "again").exists()
+
+
+def test_dicom_out_replaces_only_its_own_files(exported, trained_bundle, tmp_path, capsys):
+    case, _, root = exported
+    dicom = shutil.copytree(root / "dicom", tmp_path / "dicom")
+    args = ["predict", "--bundle", str(trained_bundle), "--postop", str(case.paths["postop"]), "--event",
+            str(case.paths["event"]), "--dose", str(case.paths["dose"]), "--out", str(tmp_path / "result"),
+            "--dicom-out", str(dicom), "--device", "cpu"]
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err
+    (dicom / "mine.txt").write_text("a user's file", encoding="utf-8")
+    assert main(args + ["--overwrite"]) == 2 and "did not write" in capsys.readouterr().err
+    assert (dicom / "mine.txt").exists() and not (tmp_path / "result").exists()  # refused before the work

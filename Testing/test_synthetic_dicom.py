@@ -94,7 +94,7 @@ def test_oblique_series_and_dose_keep_their_geometry(tmp_path):
 
 def test_synth_command_writes_a_dicom_cohort(tmp_path, capsys):
     out = tmp_path / "cohort"
-    assert main(["synth", "--out", str(out), "--cases", "1", "--seed", "3", "--size", "24", "--format", "dicom"]) == 0
+    assert main(["synth", "--out", str(out), "--cases", "1", "--seed", "3", "--size", "16", "--format", "dicom"]) == 0
     capsys.readouterr()
     case = load_cohort(out / "cohort.csv")[0]
     assert case.paths["postop"].is_dir() and case.paths["event"].is_dir() and case.paths["dose"].name == "RTDOSE.dcm"

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cpu_half_precision import slow_half_precision_warning
     from ..errors import InputError
     from ..inference import resolve_occlusion, select_device
-    from ..output_folder import OutputError, check_replaceable, check_writable
+    from ..output_folder import check_replaceable, check_writable
 
     single = [args.postop, args.event, args.dose]
     if args.cohort and any(single):
@@ -118,12 +118,11 @@ def run(args: argparse.Namespace) -> int:
     if args.dicom_out:
         if args.cohort:
             raise InputError("--dicom-out is for one case (--postop/--event/--dose), not a --cohort.")
-        from ..dicom_export import dicom_sources
+        from ..dicom_export import FILES, dicom_sources
 
         args.dicom_sources = dicom_sources(args.postop, args.event, args.dose)  # says why an input is not DICOM
         check_writable(Path(args.dicom_out))
-        if Path(args.dicom_out).exists() and any(Path(args.dicom_out).iterdir()) and not args.overwrite:
-            raise OutputError(f"{args.dicom_out} already exists; choose another --dicom-out or add --overwrite.")
+        check_replaceable(Path(args.dicom_out), set(FILES.values()).__contains__, args.overwrite, NAME)
     if not args.cohort:
         check_replaceable(out, _own, args.overwrite, NAME)
         return _run_case(args, bundle, out, options)
