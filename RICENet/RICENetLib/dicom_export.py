@@ -25,7 +25,7 @@ probability of each class, RICE, the gates) are in the local coding scheme
 moved into place: nothing is half-written.
 
 >>> sources = dicom_sources("case/postop", "case/event", "case/dose/RTDOSE.dcm")   # doctest: +SKIP
->>> export_dicom("out/dicom", data, sources, reference, heatmap=heatmap, regions=regions)  # doctest: +SKIP
+>>> export_dicom("out/dicom", data, sources, reference, heatmap=heatmap, dose_gy=dose, levels=(0.5, 0.95))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ FILES = {"heatmap": "heatmap.dcm", "regions": "regions.dcm", "report": "report.d
 #: Series numbers of the results (the synthetic inputs use 1 and 2).
 SERIES_NUMBERS = {"heatmap": 901, "regions": 902, "report": 903}
 CLASS_DISPLAY = {"recurrence": "tumour recurrence", "rice": "radiation-induced enhancement (RICE)"}
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 #: Geometry that differs by less than this (mm, cosines) is the same grid.
 GRID_TOLERANCE = 1e-3
 
