@@ -54,6 +54,7 @@ from RICENetLib.review_scene import ReviewScene
 from RICENetLib.slicer_logic import (
     DEVICES,
     DOSE_UNITS,
+    DICOM_EXPORT_REQUIREMENTS,
     SAMPLE_DATA_REQUIREMENTS,
     SKULL_STRIP_CHOICES,
     ClassificationLogic,
@@ -318,6 +319,7 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicomButton)
         # The heatmap sliders restyle from the parameter-node observer (_onParameterNodeModified): a slot
         # connected here would run before the parameter node's own connection and read the previous value.
         self.ui.occlusionCheckBox.connect("toggled(bool)", self.ui.occlusionPresetComboBox.setEnabled)
@@ -408,6 +410,7 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = ready and not running
         self.ui.applyButton.toolTip = _("Classify the case") if ready else _("Select the three volumes and a model bundle folder")
         self.ui.exportButton.enabled = self._result is not None and not running
+        self.ui.exportDicomButton.enabled = self._result is not None and not running
         self.ui.occlusionPresetComboBox.enabled = bool(node and node.occlusion)
 
     # -- run ---------------------------------------------------------------
@@ -614,24 +617,45 @@ class RICENetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.reviewNoteLineEdit.text = current.note
 
     # -- export ------------------------------------------------------------
-    def onExportButton(self) -> None:
+    def _exportTarget(self, title: str, suffix: str):
+        """(folder, overwrite) chosen by the user for an export, or None when cancelled."""
         if self._result is None or self._job is None:
-            return
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export the RICE-NET report into"))
+            return None
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), title)
         if not folder:
-            return
+            return None
         event = slicer.mrmlScene.GetNodeByID(self._job.event_id)
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", event.GetName() if event else "case").strip("_") or "case"
-        target = pathlib.Path(folder) / f"{name}-RICENet"
-        overwrite = False
+        target = pathlib.Path(folder) / f"{name}-{suffix}"
         if target.exists() and any(target.iterdir()):
             if not slicer.util.confirmYesNoDisplay(_("{path} exists. Replace it?").format(path=target)):
-                return
-            overwrite = True
+                return None
+            return target, True
+        return target, False
+
+    def onExportButton(self) -> None:
+        chosen = self._exportTarget(_("Export the RICE-NET report into"), "RICENet")
+        if chosen is None:
+            return
+        target, overwrite = chosen
         with slicer.util.tryWithErrorDisplay(_("The report could not be written."), waitCursor=True):
             paths = self.logic.engine.export(self._job, self._result.prediction, target, overwrite=overwrite)
             self.ui.statusLabel.text = _("Report written to {path}").format(path=paths["report"])
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(paths["report"])))
+
+    def onExportDicomButton(self) -> None:
+        """Parametric Map, Segmentation and SR into a folder; the inputs must come from the DICOM database."""
+        if self._result is None or not ensureDependencies(DICOM_EXPORT_REQUIREMENTS, needTorch=False):
+            return
+        chosen = self._exportTarget(_("Write the RICE-NET DICOM results into"), "RICENet-DICOM")
+        if chosen is None:
+            return
+        target, overwrite = chosen
+        with slicer.util.tryWithErrorDisplay(_("The DICOM results could not be written."), waitCursor=True):
+            self.logic.engine.export_dicom(self._job, self._result.prediction, target,
+                                           slicer.dicomDatabase.fileForInstance, overwrite=overwrite)
+            self.ui.statusLabel.text = _("DICOM results written to {path} (import them with the DICOM module)").format(
+                path=target)
 
 
 # --------------------------------------------------------------------------- logic

@@ -32,3 +32,37 @@ def small_case():
     from RICENetLib.synthetic import generate_case
 
     return generate_case("T001", "recurrence", seed=5, size=64)
+
+
+@pytest.fixture(scope="session")
+def dicom_cohort(small_cohort, tmp_path_factory) -> Path:
+    """Four cases of :func:`small_cohort` (two of each class: the fewest two stratified folds train on) written
+    as DICOM: MR series and an RTDOSE, as ``ricenet synth --format dicom`` writes them. Returns cohort.csv.
+
+    Made from the NIfTI files, so that the two versions of each case can be compared, at no generation cost.
+    """
+    from RICENetLib.cohort import Case, load_cohort, write_cohort_csv
+    from RICENetLib.image_io import read_image
+    from RICENetLib.synthetic_dicom import write_dicom_images
+
+    out = tmp_path_factory.mktemp("dicom") / "synthetic"
+    cases = load_cohort(small_cohort)
+    chosen = [c for c in cases if c.label == "rice"][:2] + [c for c in cases if c.label == "recurrence"][:2]
+    written = []
+    for case in sorted(chosen, key=lambda c: c.patient_id):
+        images = {role: read_image(case.paths[role]) for role in ("postop", "event", "dose")}
+        written.append(Case(case.patient_id, case.label, write_dicom_images(case.patient_id, **images,
+                                                                            folder=out / case.patient_id)))
+    return write_cohort_csv(out / "cohort.csv", written)
+
+
+@pytest.fixture(scope="session")
+def dicom_preprocessed(dicom_cohort) -> dict:
+    """Every case of :func:`dicom_cohort` preprocessed from its DICOM files, by patient id."""
+    from RICENetLib.cohort import load_cohort
+    from RICENetLib.preprocessing import PreprocessParameters, preprocess_case
+    from dicom_data import DICOM_PREPROCESSING
+
+    parameters = PreprocessParameters.from_dict(DICOM_PREPROCESSING)
+    return {case.patient_id: preprocess_case(case.paths["postop"], case.paths["event"], case.paths["dose"], parameters)
+            for case in load_cohort(dicom_cohort)}

