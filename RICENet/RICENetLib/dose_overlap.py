@@ -83,6 +83,7 @@ class LesionDose:
     v95: float  # share of the lesion volume receiving >= 95 % of the prescription
     heatmap_share: float | None  # None: no heatmap, or no positive mass
     space: str = "reference"
+    centre_lps: list[float] | None = None  # the mask's centroid on the reference grid, patient LPS mm (the report's slices)
 
 
 @dataclass
@@ -336,6 +337,7 @@ def _lesion_dose(lesion: sitk.Image, name: str, grid: Geometry, gy: np.ndarray, 
         v95=float(np.mean(doses >= V_LEVEL * prescription_gy - TOLERANCE_GY)),
         heatmap_share=float(heat[on_grid].sum() / total) if total > 0 else None,
         space="event" if event_to_reference is not None else "reference",
+        centre_lps=[float(v) for v in grid.index_to_point(np.argwhere(on_grid).mean(axis=0)[::-1])],
     )
 
 

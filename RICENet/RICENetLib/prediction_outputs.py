@@ -16,11 +16,28 @@ from .atomic import atomic_directory, write_json
 from .dose_overlap import prediction_dose_overlap
 from .image_io import read_image, write_image
 from .quality import attach as attach_quality
-from .report import html_report, overview_figure, prediction_verdict, write_html, write_png
+from .report import html_report, prediction_verdict, write_html, write_png
+from .report_figure import CONVENTION, overview
 
 
 def _image(value: sitk.Image | str | os.PathLike) -> sitk.Image:
     return value if isinstance(value, sitk.Image) else read_image(value)
+
+
+def _patient_id(image: sitk.Image) -> str:
+    from .image_io import PATIENT_ID_KEY
+
+    return image.GetMetaData(PATIENT_ID_KEY).strip() if image.HasMetaDataKey(PATIENT_ID_KEY) else ""
+
+
+def _isodose_gy(prediction: Any, overlap: Any) -> list[float]:
+    """The figure's isodose lines: the dose-overlap figures' levels, else those fractions of the bundle's prescription."""
+    from .dose_overlap import DEFAULT_LEVELS
+
+    if overlap is not None and overlap.levels:
+        return [float(level.dose_gy) for level in overlap.levels]
+    params = getattr(getattr(prediction, "preprocessed", None), "params", None)
+    return [level * float(getattr(params, "prescription_gy", 60.0)) for level in DEFAULT_LEVELS]
 
 
 def event_in_reference(prediction: Any, event: sitk.Image) -> sitk.Image:
@@ -37,25 +54,37 @@ def write_prediction(
     dose: sitk.Image | str | os.PathLike,
     overwrite: bool = False,
     dose_overlap: Any = None,
+    case_id: str | None = None,
 ) -> dict[str, Path]:
     """Write every output into ``out`` at once (built aside, then moved into place).
 
     ``dose_overlap`` (a :class:`~RICENetLib.dose_overlap.DoseOverlap`, e.g. with a lesion's figures) is
-    computed here from the heatmap and the dose when not given.
+    computed here from the heatmap and the dose when not given; with a lesion, the overview figure has a
+    row of slices through its centre. ``case_id`` names the case in the report (default: the post-op
+    MRI's DICOM PatientID, when it has one).
     """
     inputs = {name: str(value) if not isinstance(value, sitk.Image) else "(image in memory)"
               for name, value in (("postop", postop), ("event", event), ("dose", dose))}
+    postop_image = _image(postop)
     if prediction.reference is None:
-        prediction.reference = _image(postop)
-    event_ref = event_in_reference(prediction, _image(event))
+        prediction.reference = postop_image
+    event_image = _image(event)
+    event_ref = event_in_reference(prediction, event_image)
     data = attach_quality(prediction.to_dict(), prediction)
+    data["case_id"] = case_id or _patient_id(postop_image) or None
     data["verdict"] = prediction_verdict(data)
     data["inputs"] = inputs
     dose_image = _image(dose)
     overlap = dose_overlap if dose_overlap is not None else prediction_dose_overlap(prediction, dose_image)
     if overlap is not None:
         data["dose_overlap"] = overlap.to_dict()
-    png = overview_figure(event_ref, prediction.reference, prediction.occlusion, dose_image, title=data["verdict"])
+    lesion = getattr(overlap, "lesion", None)
+    figure = overview(event_ref, prediction.reference, prediction.occlusion, dose_image, _isodose_gy(prediction, overlap),
+                      title=data["verdict"],
+                      lesion_centre_lps=getattr(lesion, "centre_lps", None), heat_label=data["label"])
+    data["overview"] = {"convention": CONVENTION, "slices": [row.to_dict() for row in figure.rows],
+                        "heatmap_range": list(figure.heat_range) if figure.heat_range else None}
+    png = figure.png
     out = Path(out)
     names = {"prediction": "prediction.json", "overview": "overview.png", "report": "report.html"}
     with atomic_directory(out, overwrite=overwrite) as tmp:
@@ -67,5 +96,5 @@ def write_prediction(
         for modality, image in (prediction.occlusion_per_modality or {}).items():
             names[f"occlusion_{modality}"] = f"occlusion_{modality}.nii.gz"
             write_image(image, tmp / names[f"occlusion_{modality}"])
-        write_html(tmp / names["report"], html_report(data, png, inputs))
+        write_html(tmp / names["report"], html_report(data, figure, inputs))
     return {key: out / name for key, name in names.items()}

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lesion-space", choices=("reference", "event"), default="reference",
                         help="frame the --lesion mask was drawn in: reference (post-op/planning, default) or event "
                         "(moved through the registration)")
+    parser.add_argument("--case-id", metavar="ID",
+                        help="the case's name in the report and prediction.json (default: the post-op MRI's DICOM "
+                        "PatientID; with --cohort: each case's patient_id)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     from ..skull_strip import BACKENDS as SKULL_STRIP_BACKENDS
 
@@ -100,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     options = dict(device=device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
     if args.cohort and args.lesion:
         raise InputError("--lesion is for one case; give a cohort's masks in its table's optional lesion column.")
+    if args.cohort and args.case_id:
+        raise InputError("--case-id is for one case; a cohort's cases are named by its table's patient_id column.")
     if args.coverage is not None:
         from ..conformal import check_coverage
 
@@ -134,7 +139,7 @@ def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int
                                       lesion_name=f"Lesion mask {args.lesion}", lesion_space=args.lesion_space)
     with writing(out):
         paths = write_prediction(prediction, out, args.postop, args.event, args.dose, overwrite=args.overwrite,
-                                 dose_overlap=overlap)
+                                 dose_overlap=overlap, case_id=args.case_id)
     from ..trust import validation_line
 
     print(prediction_verdict(attach(prediction.to_dict(), prediction)))
@@ -179,7 +184,7 @@ def _run_cohort(args: argparse.Namespace, bundle, out: Path, options: dict) -> i
                                                   lesion_space=args.lesion_space)
                 with writing(out / case.patient_id):
                     write_prediction(prediction, out / case.patient_id, p["postop"], p["event"], p["dose"],
-                                     overwrite=args.overwrite, dose_overlap=overlap)
+                                     overwrite=args.overwrite, dose_overlap=overlap, case_id=case.patient_id)
             except Cancelled:
                 raise
             except RICENetError as error:
