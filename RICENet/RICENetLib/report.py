@@ -107,7 +107,7 @@ def _figure_html(figure: Overview | bytes | None, prediction: dict[str, Any]) ->
                      "(a fifth of the peak), and negative ones (where occlusion raised the probability), are not "
                      "drawn. Green cross: the point each row's slices go through.")
     return (f'<h2>Heatmap and isodose lines</h2><img id=overview alt="overview" src="data:image/png;base64,{data}">'
-            f"<p class=note>{text}</p>{details}")
+            f"<p class=note id=figure_note>{text}</p>{details}")
 
 
 def html_report(prediction: dict[str, Any], overview_png: Overview | bytes | None = None,
