@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int:
     from ..dose_overlap import check_lesion_overlaps, prediction_dose_overlap, read_lesion_mask
-    from ..inference import predict_case
+    from ..inference import predict_case, preprocessing_share
     from ..output_folder import writing
     from ..prediction_outputs import write_prediction
     from ..quality import attach, report_of
@@ -133,7 +133,7 @@ def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int
     if lesion is not None:
         space = (args.event, "the event MRI") if args.lesion_space == "event" else (args.postop, "the post-op MRI")
         check_lesion_overlaps(lesion, space[0], f"Lesion mask {args.lesion}", f"{space[1]} {space[0]}")
-    with progress_bar("predicting") as progress:
+    with progress_bar("predicting", timed_from=preprocessing_share(options["occlusion"])) as progress:
         prediction = predict_case(bundle, args.postop, args.event, args.dose, progress=progress, **options)
     overlap = prediction_dose_overlap(prediction, args.dose, lesion=lesion,
                                       lesion_name=f"Lesion mask {args.lesion}", lesion_space=args.lesion_space)
@@ -159,7 +159,7 @@ def _run_cohort(args: argparse.Namespace, bundle, out: Path, options: dict) -> i
     from ..dose_overlap import csv_columns as overlap_columns
     from ..dose_overlap import prediction_dose_overlap
     from ..errors import Cancelled, RICENetError
-    from ..inference import predict_case
+    from ..inference import predict_case, preprocessing_share
     from ..output_folder import OutputError, check_replaceable, writing
     from ..prediction_outputs import write_prediction
     from ..quality import csv_columns, report_of
@@ -172,7 +172,9 @@ def _run_cohort(args: argparse.Namespace, bundle, out: Path, options: dict) -> i
     for case in cases:  # every folder checked before the first case is computed
         check_replaceable(out / check_patient_id(case.patient_id, f"Cohort {args.cohort}"), _own, args.overwrite, NAME)
     rows, scored, failed = [], [], []
-    with progress_bar(f"predicting {len(cases)} cases") as progress:
+    # Timed from the end of the first case's preprocessing: the later cases' preprocessing is in the pace.
+    with progress_bar(f"predicting {len(cases)} cases",
+                      timed_from=preprocessing_share(options["occlusion"]) / max(len(cases), 1)) as progress:
         for index, case in enumerate(cases):
             def case_progress(fraction: float, message: str, index: int = index) -> None:
                 progress((index + fraction) / len(cases), f"{case.patient_id}: {message}")
