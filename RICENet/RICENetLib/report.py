@@ -121,7 +121,7 @@ def html_report(prediction: dict[str, Any], overview_png: Overview | bytes | Non
     classes = list(prediction["probabilities"])
     rows = "".join(
         "<tr><td>{}</td>{}<td>{}</td></tr>".format(
-            esc(str(fold["fold"])), "".join(f"<td>{fold['probabilities'][c]:.3f}</td>" for c in classes), esc(fold["label"])
+            f"{int(fold['fold']) + 1}/{len(prediction['folds'])}", "".join(f"<td>{fold['probabilities'][c]:.3f}</td>" for c in classes), esc(fold["label"])
         )
         for fold in prediction["folds"]
     )
@@ -148,7 +148,7 @@ img {{ max-width: 100%; border-radius: 6px; }} .note {{ color: #666; font-size: 
 <p class="verdict" id="verdict">{esc(prediction_verdict(prediction))}</p>
 <table id="facts">{facts}</table>
 {_figure_html(overview_png, prediction)}
-<h2>Per-fold probabilities</h2>
+<h2>Per-fold probabilities</h2><p class=note>Folds numbered from 1 as in the training progress bar (bundle file fold0 is fold 1).</p>
 <table id="folds"><tr><th>fold</th>{header}<th>label</th></tr>{rows}
 <tr><td><b>mean</b></td>{mean}<td><b>{esc(prediction['label'])}</b></td></tr></table>
 <p>Votes: {esc(', '.join(f'{k} {v}' for k, v in prediction['votes'].items()))}; agreement {esc(prediction['agreement'])}.

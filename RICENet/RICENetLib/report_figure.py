@@ -113,9 +113,9 @@ def _row(reason: str, grid: sitk.Image, index_zyx: Sequence[int]) -> SliceRow:
 def peak_index(heat: np.ndarray) -> tuple[int, int, int]:
     """The heatmap's maximum (z, y, x); on a plateau (one occlusion box's value) its voxel nearest the plateau's centre,
     not its first corner."""
-    top = np.argwhere(heat >= float(heat.max()) * (1 - 1e-4))
-    nearest = top[int(np.argmin(((top - top.mean(axis=0)) ** 2).sum(axis=1)))]
-    return tuple(int(v) for v in nearest)  # type: ignore[return-value]
+    from .dose_overlap import central_voxel
+
+    return central_voxel(heat >= float(heat.max()) * (1 - 1e-4))  # type: ignore[return-value]
 
 
 def choose_slices(grid: sitk.Image, heat: np.ndarray | None, gy: np.ndarray | None,
