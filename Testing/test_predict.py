@@ -116,6 +116,9 @@ def test_bad_invocations_get_clear_messages(tiny_bundle, case_paths, tmp_path, c
                  str(case_paths["event"]), "--dose", str(case_paths["dose"]), "--out", str(tmp_path / "o"),
                  "--occlusion", "ultra"]) == 2
     assert "Unknown occlusion preset 'ultra'" in capsys.readouterr().err
+    assert main(["predict", "--bundle", str(tiny_bundle), "--cohort", str(tmp_path / "cohort.csv"), "--case-id", "P1",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--case-id is for one case" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

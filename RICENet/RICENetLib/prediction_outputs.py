@@ -68,8 +68,7 @@ def write_prediction(
     postop_image = _image(postop)
     if prediction.reference is None:
         prediction.reference = postop_image
-    event_image = _image(event)
-    event_ref = event_in_reference(prediction, event_image)
+    event_ref = event_in_reference(prediction, _image(event))
     data = attach_quality(prediction.to_dict(), prediction)
     data["case_id"] = case_id or _patient_id(postop_image) or None
     data["verdict"] = prediction_verdict(data)
@@ -80,8 +79,8 @@ def write_prediction(
         data["dose_overlap"] = overlap.to_dict()
     lesion = getattr(overlap, "lesion", None)
     figure = overview(event_ref, prediction.reference, prediction.occlusion, dose_image, _isodose_gy(prediction, overlap),
-                      title=data["verdict"],
-                      lesion_centre_lps=getattr(lesion, "centre_lps", None), heat_label=data["label"])
+                      title=data["verdict"], lesion_centre_lps=getattr(lesion, "centre_lps", None),
+                      heat_label=data["label"])
     data["overview"] = {"convention": CONVENTION, "slices": [row.to_dict() for row in figure.rows],
                         "heatmap_range": list(figure.heat_range) if figure.heat_range else None}
     png = figure.png

@@ -29,6 +29,7 @@ def overview_figure(event: sitk.Image, reference: sitk.Image, heatmap: sitk.Imag
     """PNG bytes of :func:`.report_figure.overview` (for callers that need only the picture)."""
     return overview(event, reference, heatmap, dose, isodose_gy, title).png
 
+
 def write_png(path: str | os.PathLike, png: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(png)
@@ -41,7 +42,7 @@ def _case_rows(prediction: dict[str, Any]) -> list[tuple[str, str]]:
 
     label = prediction["label"]
     agree, total = prediction["agreement"].split("/")
-    rows = [("Case", str(prediction.get("case_id") or "not given (the inputs carry no patient ID)")),
+    rows = [("Case", str(prediction.get("case_id") or "not given (no --case-id, and no DICOM PatientID in the inputs)")),
             ("Model bundle", str(prediction.get("bundle_id", "")))]
     validation = prediction.get("model_validation")
     if validation:
