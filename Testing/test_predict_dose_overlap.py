@@ -70,7 +70,7 @@ def test_predict_with_a_lesion_writes_dose_overlap(tiny_bundle, case_paths, tmp_
     through = rows.get("lesion centre", rows["heatmap peak"])  # one row when the peak is the lesion's voxel
     assert np.linalg.norm(np.subtract(through["point_lps_mm"], lesion_dose["centre_lps"])) <= \
         0.5 * np.linalg.norm(heatmap.GetSpacing()) + 1e-3
-    assert ("lesion centre: axial " + through["positions"]["axial"]) in page or "lesion centre" not in rows
+    assert f"data-plane=axial>{through['positions']['axial']}</span>" in page
 
 
 def test_bad_lesion_masks_fail_before_predicting(tiny_bundle, case_paths, tmp_path, capsys):
