@@ -71,6 +71,7 @@ def test_predict_with_a_lesion_writes_dose_overlap(tiny_bundle, case_paths, tmp_
     assert np.linalg.norm(np.subtract(through["point_lps_mm"], lesion_dose["centre_lps"])) <= \
         0.5 * np.linalg.norm(heatmap.GetSpacing()) + 1e-3
     assert f"data-plane=axial>{through['positions']['axial']}</span>" in page
+    assert "Dashed outline: the lesion mask." in page  # moved through the registration onto the post-op grid
 
 
 def test_bad_lesion_masks_fail_before_predicting(tiny_bundle, case_paths, tmp_path, capsys):

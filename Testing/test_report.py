@@ -46,9 +46,10 @@ def case():
 
 @pytest.fixture(scope="module")
 def figure(case):
-    lesion_lps = (-40 + 25 * 2.0, -30 + 4 * 2.5, -20 + 5 * 3.0)  # voxel (x 25, y 4, z 5) = (10, -20, -5)
+    lesion = np.zeros(SHAPE)
+    lesion[4:7, 3:6, 24:27] = 1  # centred on voxel (x 25, y 4, z 5) = LPS (-40 + 50, -30 + 10, -20 + 15) = (10, -20, -5)
     return overview(case["mri"], case["mri"], case["heat"], case["dose"], (30.0, 57.0), title="t",
-                    lesion_centre_lps=lesion_lps, heat_label="recurrence")
+                    lesion=_image(lesion), heat_label="recurrence")
 
 
 def test_slices_go_through_the_heatmaps_peak_and_the_lesion_with_positions_in_mm(case, figure):
@@ -59,7 +60,7 @@ def test_slices_go_through_the_heatmaps_peak_and_the_lesion_with_positions_in_mm
     assert (lesion.reason, lesion.index_zyx) == ("lesion centre", (5, 4, 25))
     assert lesion.positions() == {"axial": "I 5.0 mm", "coronal": "A 20.0 mm", "sagittal": "L 10.0 mm"}
     assert figure.heat_range == pytest.approx((-0.0005, 0.0035), abs=1e-6)  # real values, not normalised
-    assert figure.isodose_gy == [30.0, 57.0]
+    assert figure.isodose_gy == [30.0, 57.0] and figure.lesion_outlined
     assert png_size(figure.png) == figure.size_px == figure_size_px(2) == (1320, 1012)
     alone = overview(case["mri"], case["mri"], case["heat"], case["dose"], lesion_centre_lps=peak.point_lps)
     assert [r.reason for r in alone.rows] == ["heatmap peak"], "a lesion centred on the peak adds no second row"

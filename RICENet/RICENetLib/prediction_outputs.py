@@ -40,6 +40,18 @@ def _isodose_gy(prediction: Any, overlap: Any) -> list[float]:
     return [level * float(getattr(params, "prescription_gy", 60.0)) for level in DEFAULT_LEVELS]
 
 
+def _lesion_in_reference(prediction: Any, lesion: Any, space: str) -> sitk.Image | None:
+    """The lesion mask on the reference grid (moved through the registration when drawn on the event MRI)."""
+    if lesion is None:
+        return None
+    from .dose_overlap import lesion_mask
+    from .resampling import Geometry, resample_to
+
+    transform = prediction.event_to_reference if space == "event" else None
+    return resample_to(lesion_mask(_image(lesion)), Geometry.from_image(prediction.reference), transform=transform,
+                       interpolator="nearest", pixel=sitk.sitkUInt8)
+
+
 def event_in_reference(prediction: Any, event: sitk.Image) -> sitk.Image:
     """The event MRI resampled onto the reference grid through the registration."""
     transform = prediction.event_to_reference or sitk.Transform()
@@ -55,13 +67,16 @@ def write_prediction(
     overwrite: bool = False,
     dose_overlap: Any = None,
     case_id: str | None = None,
+    lesion: sitk.Image | str | os.PathLike | None = None,
+    lesion_space: str = "reference",
 ) -> dict[str, Path]:
     """Write every output into ``out`` at once (built aside, then moved into place).
 
     ``dose_overlap`` (a :class:`~RICENetLib.dose_overlap.DoseOverlap`, e.g. with a lesion's figures) is
     computed here from the heatmap and the dose when not given; with a lesion, the overview figure has a
-    row of slices through its centre. ``case_id`` names the case in the report (default: the post-op
-    MRI's DICOM PatientID, when it has one).
+    row of slices through its centre, and ``lesion`` (the mask, drawn in ``lesion_space``: "reference" or
+    "event") is outlined there. ``case_id`` names the case in the report (default: the post-op MRI's DICOM
+    PatientID, when it has one).
     """
     inputs = {name: str(value) if not isinstance(value, sitk.Image) else "(image in memory)"
               for name, value in (("postop", postop), ("event", event), ("dose", dose))}
@@ -77,10 +92,9 @@ def write_prediction(
     overlap = dose_overlap if dose_overlap is not None else prediction_dose_overlap(prediction, dose_image)
     if overlap is not None:
         data["dose_overlap"] = overlap.to_dict()
-    lesion = getattr(overlap, "lesion", None)
     figure = overview(event_ref, prediction.reference, prediction.occlusion, dose_image, _isodose_gy(prediction, overlap),
-                      title=data["verdict"], lesion_centre_lps=getattr(lesion, "centre_lps", None),
-                      heat_label=data["label"])
+                      title=data["verdict"], lesion_centre_lps=getattr(getattr(overlap, "lesion", None), "centre_lps", None),
+                      heat_label=data["label"], lesion=_lesion_in_reference(prediction, lesion, lesion_space))
     data["overview"] = {"convention": CONVENTION, "slices": [row.to_dict() for row in figure.rows],
                         "heatmap_range": list(figure.heat_range) if figure.heat_range else None}
     png = figure.png

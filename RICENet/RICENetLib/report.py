@@ -100,6 +100,8 @@ def _figure_html(figure: Overview | bytes | None, prediction: dict[str, Any]) ->
             + f" (LPS point {', '.join(f'{v:.1f}' for v in row.point_lps)} mm)</li>"
             for row in figure.rows)
         details = f"<ul id=slices>{items}</ul>"
+        if figure.lesion_outlined:
+            text += " Dashed outline: the lesion mask."
         if figure.heat_range is not None:
             low, high = figure.heat_range
             text += (f" Heatmap: drop in p({esc(figure.heat_label)}) when a box is occluded, from "

@@ -40,7 +40,8 @@ PLANES = ("axial", "coronal", "sagittal")
 CONVENTION = "radiological"
 #: Heatmap values under this fraction of its maximum are not drawn (the MRI shows through).
 HEAT_SHOWN_FROM = 0.2
-ISODOSE_COLOURS = ("#00e5ff", "#ffffff", "#ff4081", "#76ff03")
+ISODOSE_COLOURS = ("#00e5ff", "#ffffff", "#ffea00", "#76ff03")
+LESION_COLOUR = "#ff4081"  # dashed
 DPI = 110
 WIDTH_IN = 12.0
 ROW_IN = 3.7
@@ -82,6 +83,7 @@ class Overview:
     heat_label: str = ""
     isodose_gy: list[float] = field(default_factory=list)  # the levels drawn in at least one panel
     size_px: tuple[int, int] = (0, 0)  # (width, height)
+    lesion_outlined: bool = False  # the lesion mask's outline is in at least one panel
 
 
 def display_grid(reference: sitk.Image) -> sitk.Image:
@@ -171,8 +173,13 @@ def overview(
     title: str = "",
     lesion_centre_lps: Sequence[float] | None = None,
     heat_label: str = "the predicted class",
+    lesion: sitk.Image | None = None,
 ) -> Overview:
-    """The figure of a prediction; ``event`` must already lie on ``reference`` (the post-op grid)."""
+    """The figure of a prediction; ``event`` must already lie on ``reference`` (the post-op grid).
+
+    ``lesion`` (a mask in the reference frame) is outlined; ``lesion_centre_lps`` (default: its voxel nearest
+    its centroid) gives the lesion's row.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -183,11 +190,17 @@ def overview(
     mri = on_grid(event, grid)
     heat = on_grid(heatmap, grid) if heatmap is not None else None
     gy = on_grid(dose, grid) if dose is not None else None
+    outline = on_grid(lesion, grid, sitk.sitkNearestNeighbor) if lesion is not None else None
+    if outline is not None and lesion_centre_lps is None and outline.any():
+        from .dose_overlap import central_voxel
+
+        lesion_centre_lps = grid.TransformIndexToPhysicalPoint([int(v) for v in central_voxel(outline > 0)[::-1]])
     rows = choose_slices(grid, heat, gy, lesion_centre_lps)
     low, high = np.percentile(mri[mri > 0], [1, 99.5]) if np.any(mri > 0) else (0.0, 1.0)
     has_heat = heat is not None and float(heat.max()) > 0
     heat_max = float(heat.max()) if has_heat else 1.0
     drawn_levels: set[float] = set()
+    drawn_lesion = False
     levels_all = sorted(float(v) for v in isodose_gy)
     colours = dict(zip(levels_all, ISODOSE_COLOURS * 4))
 
@@ -217,6 +230,11 @@ def overview(
                 if levels:
                     ax.contour(plane, levels=levels, colors=[colours[v] for v in levels], linewidths=1.0)
                     drawn_levels.update(levels)
+            if outline is not None:
+                plane = planes(outline, row.index_zyx)[c]
+                if plane.min() < 0.5 < plane.max():
+                    ax.contour(plane, levels=[0.5], colors=[LESION_COLOUR], linewidths=1.3, linestyles="dashed")
+                    drawn_lesion = True
             ax.plot(*markers[c], marker="+", color="#00ff88", markersize=12, markeredgewidth=1.4)
             n_rows, n_cols = planes(mri, row.index_zyx)[c].shape
             top_side, bottom_side, left_side, right_side = SIDES[name]
@@ -244,6 +262,8 @@ def overview(
     if missing and gy is not None:
         handles.append(Line2D([], [], linestyle="none",
                               label=f"isodose {', '.join(f'{v:g}' for v in missing)} Gy: not in these slices"))
+    if drawn_lesion:
+        handles.append(Line2D([], [], color=LESION_COLOUR, linewidth=1.3, linestyle="dashed", label="lesion mask"))
     handles.append(Line2D([], [], color="#00ff88", marker="+", linestyle="none", markersize=10, label="slice point"))
     if image is not None:
         handles.append(Line2D([], [], color="#00ff88", linewidth=1.0, label="heatmap drawn from (colour bar)"))
@@ -260,7 +280,7 @@ def overview(
     plt.close(fig)
     heat_range = (float(heat.min()), float(heat.max())) if heat is not None else None
     return Overview(buffer.getvalue(), rows, heat_range, HEAT_SHOWN_FROM * heat_max if has_heat else None, heat_label,
-                    sorted(drawn_levels), (width, height))
+                    sorted(drawn_levels), (width, height), drawn_lesion)
 
 
 def png_size(png: bytes) -> tuple[int, int]:

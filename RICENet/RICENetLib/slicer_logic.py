@@ -328,7 +328,7 @@ class ClassificationLogic:
         from .prediction_outputs import write_prediction
 
         return write_prediction(prediction, folder, job.postop, job.event, job.dose, overwrite=overwrite,
-                                dose_overlap=job.dose_overlap)
+                                dose_overlap=job.dose_overlap, lesion=job.lesion)
 
     def restyle_heatmap(self, heatmap_id: str | None, settings: ClassificationSettings, *, force: bool = False) -> bool:
         """Apply changed threshold/opacity to the shown heatmap without recomputing it; True when restyled.

@@ -139,7 +139,8 @@ def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int
                                       lesion_name=f"Lesion mask {args.lesion}", lesion_space=args.lesion_space)
     with writing(out):
         paths = write_prediction(prediction, out, args.postop, args.event, args.dose, overwrite=args.overwrite,
-                                 dose_overlap=overlap, case_id=args.case_id)
+                                 dose_overlap=overlap, case_id=args.case_id, lesion=lesion,
+                                 lesion_space=args.lesion_space)
     from ..trust import validation_line
 
     print(prediction_verdict(attach(prediction.to_dict(), prediction)))
@@ -186,7 +187,8 @@ def _run_cohort(args: argparse.Namespace, bundle, out: Path, options: dict) -> i
                                                   lesion_space=args.lesion_space)
                 with writing(out / case.patient_id):
                     write_prediction(prediction, out / case.patient_id, p["postop"], p["event"], p["dose"],
-                                     overwrite=args.overwrite, dose_overlap=overlap, case_id=case.patient_id)
+                                     overwrite=args.overwrite, dose_overlap=overlap, case_id=case.patient_id,
+                                     lesion=p.get("lesion"), lesion_space=args.lesion_space)
             except Cancelled:
                 raise
             except RICENetError as error:
