@@ -72,6 +72,17 @@ def test_lesion_box_on_a_dose_ramp():
     assert lesion_dose.v95 == pytest.approx(0.2)  # >= 57 Gy: slices 57..60
     assert lesion_dose.heatmap_share == 0.5
     assert lesion_dose.fraction_in_reference == 1.0 and lesion_dose.space == "reference"
+    # The report's slices go through the lesion: its central voxel (z 15 or 16, y and x 14 or 15), in LPS mm.
+    centre = image(lesion).TransformPhysicalPointToIndex(lesion_dose.centre_lps)
+    assert centre[2] in (15, 16) and centre[1] in (14, 15) and centre[0] in (14, 15)
+
+
+def test_the_centre_of_a_lesion_in_two_parts_lies_in_one_of_them():
+    from RICENetLib.dose_overlap import central_voxel
+
+    mask = np.zeros((8, 8, 20), bool)
+    mask[3:5, 3:5, 0:3] = mask[3:5, 3:5, 17:20] = True  # the centroid (x 9.5) is outside both
+    assert mask[central_voxel(mask)]
 
 
 def _sphere(size: int, centre: float, radius: float, spacing: float) -> np.ndarray:

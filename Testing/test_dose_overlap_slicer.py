@@ -122,8 +122,13 @@ def test_logic_shows_and_exports_the_dose_figures(small_case, tmp_path):
     assert table == dict(direct.rows())
     assert table["lesion D95"] == f"{direct.lesion.d95_gy:.1f} Gy"
 
-    data = json.loads(logic.export(job, prediction, tmp_path / "report")["prediction"].read_text(encoding="utf-8"))
+    paths = logic.export(job, prediction, tmp_path / "report")
+    data = json.loads(paths["prediction"].read_text(encoding="utf-8"))
     assert data["dose_overlap"]["lesion"]["name"] == "Lesion 'lesion' of 'outline'"
+    # The exported report has the same lesion: outlined, and a row of slices through it (unless the peak is its voxel).
+    assert "Dashed outline: the lesion mask." in paths["report"].read_text(encoding="utf-8")
+    assert data["overview"]["slices"][-1]["point_lps_mm"] == pytest.approx(data["dose_overlap"]["lesion"]["centre_lps"],
+                                                                          abs=0.01) or len(data["overview"]["slices"]) == 1
     assert data["dose_overlap"]["lesion"]["d95_gy"] == pytest.approx(direct.lesion.d95_gy, rel=1e-5)
 
     # Without a heatmap and a lesion the table goes, as the heatmap does.

@@ -17,6 +17,7 @@ from RICENetLib.cohort import Case, write_cohort_csv
 from RICENetLib.inference import predict_case
 from RICENetLib.model import build_network, default_architecture
 from RICENetLib.preprocessing import PreprocessParameters
+from RICENetLib.report_figure import peak_index
 from RICENetLib.synthetic import generate_case, write_case
 
 
@@ -45,7 +46,7 @@ def test_predict_cli_writes_every_output(tiny_bundle, case_paths, tmp_path, caps
     args = ["predict", "--bundle", str(tiny_bundle), "--postop", str(case_paths["postop"]), "--event",
             str(case_paths["event"]), "--dose", str(case_paths["dose"]), "--out", str(out), "--device", "cpu"]
     assert main(args + ["--occlusion", "quick", "--per-modality", "--occlusion-mask", "16", "--occlusion-stride", "16",
-                        "--occlusion-precision", "float32"]) == 0
+                        "--occlusion-precision", "float32", "--case-id", "P1"]) == 0
     assert "of 2 folds, mean p =" in capsys.readouterr().out
     prediction = json.loads((out / "prediction.json").read_text(encoding="utf-8"))
     assert prediction["label"] in ("recurrence", "rice")
@@ -66,6 +67,14 @@ def test_predict_cli_writes_every_output(tiny_bundle, case_paths, tmp_path, caps
     assert (out / "overview.png").read_bytes()[:4] == b"\x89PNG"
     page = (out / "report.html").read_text(encoding="utf-8")
     assert prediction["verdict"] in page
+    # The report's slices go through the written heatmap's peak, named in mm; its range is the map's own.
+    assert prediction["case_id"] == "P1" and "<th>Case</th><td>P1</td>" in page
+    values = sitk.GetArrayFromImage(heatmap)
+    first = prediction["overview"]["slices"][0]
+    peak_lps = heatmap.TransformIndexToPhysicalPoint([int(v) for v in peak_index(values)[::-1]])
+    assert first["reason"] == "heatmap peak" and first["point_lps_mm"] == pytest.approx(peak_lps, abs=0.01)
+    assert first["positions"]["axial"] in page
+    assert prediction["overview"]["heatmap_range"] == pytest.approx([values.min(), values.max()], rel=1e-4)
     # An existing result is never overwritten by accident, and nothing is half-written.
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
@@ -107,6 +116,9 @@ def test_bad_invocations_get_clear_messages(tiny_bundle, case_paths, tmp_path, c
                  str(case_paths["event"]), "--dose", str(case_paths["dose"]), "--out", str(tmp_path / "o"),
                  "--occlusion", "ultra"]) == 2
     assert "Unknown occlusion preset 'ultra'" in capsys.readouterr().err
+    assert main(["predict", "--bundle", str(tiny_bundle), "--cohort", str(tmp_path / "cohort.csv"), "--case-id", "P1",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--case-id is for one case" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

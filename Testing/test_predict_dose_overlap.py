@@ -65,6 +65,13 @@ def test_predict_with_a_lesion_writes_dose_overlap(tiny_bundle, case_paths, tmp_
     page = (out / "report.html").read_text(encoding="utf-8")
     assert 'id="dose_overlap"' in page and "lesion D95" in page and f"{lesion_dose['d95_gy']:.1f} Gy" in page
     assert "heatmap mass in the 95 % isodose (57.0 Gy):" in printed and "lesion V95 %" in printed
+    # The report's second row of slices goes through the lesion (its voxel on the post-op grid, within half a voxel).
+    rows = {row["reason"]: row for row in data["overview"]["slices"]}
+    through = rows.get("lesion centre", rows["heatmap peak"])  # one row when the peak is the lesion's voxel
+    assert np.linalg.norm(np.subtract(through["point_lps_mm"], lesion_dose["centre_lps"])) <= \
+        0.5 * np.linalg.norm(heatmap.GetSpacing()) + 1e-3
+    assert f"data-plane=axial>{through['positions']['axial']}</span>" in page
+    assert "Dashed outline: the lesion mask." in page  # moved through the registration onto the post-op grid
 
 
 def test_bad_lesion_masks_fail_before_predicting(tiny_bundle, case_paths, tmp_path, capsys):

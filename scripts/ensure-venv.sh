@@ -13,7 +13,7 @@ fi
 stamp="$venv/.ricenet-installed"
 want="$(cat "$root/requirements/dev.txt" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "[ricenet] installing packages into $venv (first run only; 2 to 15 minutes on a 2-core machine)" >&2
+    echo "[ricenet] installing packages into $venv (first run only: about 2 minutes on a 2-core machine when pip's cache holds the packages, up to about 15 when it downloads them all, torch included)" >&2
     log="$venv/install.log"
     : > "$log"
     pip_install() { "$venv/bin/python" -m pip install -q "$@" >>"$log" 2>&1 \

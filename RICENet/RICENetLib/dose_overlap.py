@@ -83,6 +83,7 @@ class LesionDose:
     v95: float  # share of the lesion volume receiving >= 95 % of the prescription
     heatmap_share: float | None  # None: no heatmap, or no positive mass
     space: str = "reference"
+    centre_lps: list[float] | None = None  # the lesion voxel nearest the mask's centroid, patient LPS mm (report's slices)
 
 
 @dataclass
@@ -300,6 +301,16 @@ def compute_dose_overlap(
     return result
 
 
+def central_voxel(mask: np.ndarray) -> tuple[int, ...]:
+    """The voxel of ``mask`` nearest its centroid: inside it, even when its parts leave the centroid between them."""
+    voxels = np.argwhere(mask)
+    return tuple(int(v) for v in voxels[int(np.argmin(((voxels - voxels.mean(axis=0)) ** 2).sum(axis=1)))])
+
+
+def _centre_lps(on_grid: np.ndarray, grid: Geometry) -> list[float]:
+    return [float(v) for v in grid.index_to_point(np.array(central_voxel(on_grid)[::-1], dtype=float))]
+
+
 def _lesion_dose(lesion: sitk.Image, name: str, grid: Geometry, gy: np.ndarray, heat: np.ndarray | None,
                  prescription_gy: float, event_to_reference: sitk.Transform | None) -> LesionDose:
     mask = lesion_mask(lesion, name)
@@ -336,6 +347,7 @@ def _lesion_dose(lesion: sitk.Image, name: str, grid: Geometry, gy: np.ndarray, 
         v95=float(np.mean(doses >= V_LEVEL * prescription_gy - TOLERANCE_GY)),
         heatmap_share=float(heat[on_grid].sum() / total) if total > 0 else None,
         space="event" if event_to_reference is not None else "reference",
+        centre_lps=_centre_lps(on_grid, grid),
     )
 
 
@@ -419,6 +431,6 @@ def overlap_html(data: Mapping[str, Any] | None) -> str:
             f"isodose levels are fractions of the {float(data['prescription_gy']):g} Gy prescription.</p>")
 
 
-__all__ = ["DEFAULT_LEVELS", "DoseOverlap", "IsodoseShare", "LesionDose", "compute_dose_overlap", "csv_columns",
-           "lesion_mask", "overlap_html", "prediction_dose_overlap", "read_lesion_mask", "voxel_volume_ml"]
+__all__ = ["DEFAULT_LEVELS", "DoseOverlap", "IsodoseShare", "LesionDose", "central_voxel", "compute_dose_overlap",
+           "csv_columns", "lesion_mask", "overlap_html", "prediction_dose_overlap", "read_lesion_mask", "voxel_volume_ml"]
 

@@ -330,7 +330,7 @@ class ClassificationLogic:
         from .prediction_outputs import write_prediction
 
         return write_prediction(prediction, folder, job.postop, job.event, job.dose, overwrite=overwrite,
-                                dose_overlap=job.dose_overlap)
+                                dose_overlap=job.dose_overlap, lesion=job.lesion)
 
     def export_dicom(self, job: ClassificationJob, prediction: Any, folder: str | os.PathLike,
                      file_for_instance: Callable[[str], str | None], overwrite: bool = False) -> dict[str, Path]:

@@ -153,13 +153,18 @@ def _mean_sd(summary: Mapping[str, Any] | None) -> str:
     return format_mean_sd(dict(summary or {}))
 
 
+def validation_figures(validation: Mapping[str, Any]) -> str:
+    """``macro F1 0.52 ± 0.10, AUC 0.38 ± 0.10``: a bundle's cross-validation figures (mean ± sd over folds)."""
+    return f"macro F1 {_mean_sd(validation['macro_f1'])}, AUC {_mean_sd(validation['auc'])}"
+
+
 def validation_line(prediction: Mapping[str, Any]) -> str:
     """One line for the CLI and the panel: the model's figures, the calibration and the set."""
     validation = prediction.get("model_validation")
     if not validation:
         return ""
     parts = [f"model validation ({validation['n_folds']} folds, {validation['n_validation_patients']} validation "
-             f"patients): macro F1 {_mean_sd(validation['macro_f1'])}, AUC {_mean_sd(validation['auc'])}"]
+             f"patients): {validation_figures(validation)}"]
     if not validation.get("separates_classes", True):
         parts.append(f"AUC under {validation['min_separating_auc']}: the model cannot separate the classes")
     calibration = prediction.get("calibration")
@@ -172,6 +177,19 @@ def validation_line(prediction: Mapping[str, Any]) -> str:
     if prediction_set and not prediction_set.get("available"):
         parts.append(f"no prediction set: {prediction_set.get('reason', '')}")
     return "; ".join(parts)
+
+
+def separation_warning_html(prediction: Mapping[str, Any]) -> str:
+    """The warning the report puts at its top when the bundle's validation shows no separation ("" otherwise)."""
+    validation = prediction.get("model_validation")
+    if not validation or validation.get("separates_classes", True):
+        return ""
+    if (validation.get("auc") or {}).get("mean") is None:
+        return ("<p class=warning id=separation><b>The model is not validated</b> (no cross-validation AUC): its "
+                "probability says nothing about this case.</p>")
+    return (f"<p class=warning id=separation><b>The model cannot separate the classes</b> "
+            f"({html.escape(_auc_text(validation))}, under {validation['min_separating_auc']}): its probability says "
+            "little about this case.</p>")
 
 
 def trust_html(prediction: Mapping[str, Any]) -> str:
@@ -200,13 +218,8 @@ def trust_html(prediction: Mapping[str, Any]) -> str:
         value = (", ".join(prediction_set["classes"]) or "empty") if prediction_set.get("available") \
             else f"not available: {prediction_set.get('reason', '')}"
         rows.append((f"{share} conformal prediction set", value))
-    warning = ""
-    if not validation.get("separates_classes", True):
-        warning = (f"<p class=warning id=separation><b>The model cannot separate the classes</b> "
-                   f"({esc(_auc_text(validation))}, under {validation['min_separating_auc']}): its probability says "
-                   "little about this case.</p>")
     body = "".join(f"<tr><td style='text-align:left'>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in rows)
-    return (f"<h2>How far to trust this</h2>{warning}<table id=trust>{body}</table>"
+    return (f"<h2>How far to trust this</h2><table id=trust>{body}</table>"
             "<p class=note>Figures from the bundle's own cross-validation. The calibration and the set are fitted on "
             "out-of-fold predictions of single-fold models and applied to the ensemble mean (an approximation); a set "
             "holding both classes means the data cannot tell them apart at that coverage.</p>")

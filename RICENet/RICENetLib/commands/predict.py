@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "heatmap.dcm (Parametric Map, with --occlusion), regions.dcm (isodose regions and the "
                         "--lesion as a Segmentation) and report.dcm (TID 1500 Structured Report: verdict, "
                         "probabilities, bundle, quality gates), in the post-op MRI's patient and study")
+    parser.add_argument("--case-id", metavar="ID",
+                        help="the case's name in the report and prediction.json (default: the post-op MRI's DICOM "
+                        "PatientID; with --cohort: each case's patient_id)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     from ..skull_strip import BACKENDS as SKULL_STRIP_BACKENDS
 
@@ -107,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     options = dict(device=device, occlusion=occlusion, skull_strip=args.skull_strip, dose_unit=args.dose_unit)
     if args.cohort and args.lesion:
         raise InputError("--lesion is for one case; give a cohort's masks in its table's optional lesion column.")
+    if args.cohort and args.case_id:
+        raise InputError("--case-id is for one case; a cohort's cases are named by its table's patient_id column.")
     if args.coverage is not None:
         from ..conformal import check_coverage
 
@@ -132,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int:
     from ..dose_overlap import check_lesion_overlaps, prediction_dose_overlap, read_lesion_mask
-    from ..inference import predict_case
+    from ..inference import predict_case, preprocessing_share
     from ..output_folder import writing
     from ..prediction_outputs import write_prediction
     from ..quality import attach, report_of
@@ -143,13 +148,14 @@ def _run_case(args: argparse.Namespace, bundle, out: Path, options: dict) -> int
     if lesion is not None:
         space = (args.event, "the event MRI") if args.lesion_space == "event" else (args.postop, "the post-op MRI")
         check_lesion_overlaps(lesion, space[0], f"Lesion mask {args.lesion}", f"{space[1]} {space[0]}")
-    with progress_bar("predicting") as progress:
+    with progress_bar("predicting", timed_from=preprocessing_share(options["occlusion"])) as progress:
         prediction = predict_case(bundle, args.postop, args.event, args.dose, progress=progress, **options)
     overlap = prediction_dose_overlap(prediction, args.dose, lesion=lesion,
                                       lesion_name=f"Lesion mask {args.lesion}", lesion_space=args.lesion_space)
     with writing(out):
         paths = write_prediction(prediction, out, args.postop, args.event, args.dose, overwrite=args.overwrite,
-                                 dose_overlap=overlap)
+                                 dose_overlap=overlap, case_id=args.case_id, lesion=lesion,
+                                 lesion_space=args.lesion_space)
     if args.dicom_out:
         from ..dicom_export import export_prediction
 
@@ -177,7 +183,7 @@ def _run_cohort(args: argparse.Namespace, bundle, out: Path, options: dict) -> i
     from ..dose_overlap import csv_columns as overlap_columns
     from ..dose_overlap import prediction_dose_overlap
     from ..errors import Cancelled, RICENetError
-    from ..inference import predict_case
+    from ..inference import predict_case, preprocessing_share
     from ..output_folder import OutputError, check_replaceable, writing
     from ..prediction_outputs import write_prediction
     from ..quality import csv_columns, report_of
@@ -190,7 +196,9 @@ def _run_cohort(args: argparse.Namespace, bundle, out: Path, options: dict) -> i
     for case in cases:  # every folder checked before the first case is computed
         check_replaceable(out / check_patient_id(case.patient_id, f"Cohort {args.cohort}"), _own, args.overwrite, NAME)
     rows, scored, failed = [], [], []
-    with progress_bar(f"predicting {len(cases)} cases") as progress:
+    # Timed from the end of the first case's preprocessing: the later cases' preprocessing is in the pace.
+    with progress_bar(f"predicting {len(cases)} cases",
+                      timed_from=preprocessing_share(options["occlusion"]) / max(len(cases), 1)) as progress:
         for index, case in enumerate(cases):
             def case_progress(fraction: float, message: str, index: int = index) -> None:
                 progress((index + fraction) / len(cases), f"{case.patient_id}: {message}")
@@ -202,7 +210,8 @@ def _run_cohort(args: argparse.Namespace, bundle, out: Path, options: dict) -> i
                                                   lesion_space=args.lesion_space)
                 with writing(out / case.patient_id):
                     write_prediction(prediction, out / case.patient_id, p["postop"], p["event"], p["dose"],
-                                     overwrite=args.overwrite, dose_overlap=overlap)
+                                     overwrite=args.overwrite, dose_overlap=overlap, case_id=case.patient_id,
+                                     lesion=p.get("lesion"), lesion_space=args.lesion_space)
             except Cancelled:
                 raise
             except RICENetError as error:

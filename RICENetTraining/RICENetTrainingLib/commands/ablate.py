@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from .train import (add_training_arguments, case_loader, folds_file, is_main_process, training_parameters,
-                    warn_if_slow_bf16)
+from .train import (LOADING_SHARE, add_training_arguments, case_loader, folds_file, is_main_process,
+                    training_parameters, warn_if_slow_bf16)
 
 NAME = "ablate"
 HELP = "train the 7 modality combinations on the same folds and write the ablation table"
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     warn_if_slow_bf16(params)
     cases = load_cohort(args.cohort)
     load, preprocessing = case_loader(args)
-    bar = progress_bar("ablation") if is_main_process() else contextlib.nullcontext()
+    bar = progress_bar("ablation", timed_from=LOADING_SHARE) if is_main_process() else contextlib.nullcontext()
     with bar as progress:
         rows = run_ablation(cases, args.out, params, combinations=args.combinations, load=load,
                             preprocessing=preprocessing, folds_file=folds_file(args), resume=args.resume,
