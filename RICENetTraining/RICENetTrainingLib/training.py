@@ -616,9 +616,13 @@ def train_ensemble(
                     results.append(other)
             results.sort(key=lambda r: r.fold)
             if not missing:
+                from .cohort_features import out_of_distribution_reference
+
+                ood = out_of_distribution_reference(results, data, params, context.device,
+                                                    progress=report.sub(0.95, 0.97))
                 report(0.97, "writing the bundle")
                 bundle = export_bundle(out, results, params, folds, data.shape, preprocessing or {}, work,
-                                       overwrite=True)
+                                       overwrite=True, out_of_distribution=ood)
         context.barrier()
         report(1.0, "done" if bundle else f"folds {', '.join(map(str, missing))} still to train")
         return TrainingResult(bundle, results, missing, work)
@@ -629,8 +633,11 @@ def train_ensemble(
 
 def export_bundle(out: Path, results: Sequence[FoldResult], params: TrainingParameters, folds: Folds,
                   input_size: Sequence[int], preprocessing: Mapping[str, Any], work: Path,
-                  overwrite: bool = False) -> Path:
-    """Write the bundle with the training log, per-fold curves and the folds beside the weights."""
+                  overwrite: bool = False, out_of_distribution: Any = None) -> Path:
+    """Write the bundle with the training log, per-fold curves, the folds and the reliability diagram beside the weights.
+
+    ``out_of_distribution``: the cohort features' reference (:mod:`.cohort_features`), sealed in the bundle.
+    """
     from RICENetLib.bundle import BundleFold, write_bundle
 
     from .folds import save_folds
@@ -657,4 +664,5 @@ def export_bundle(out: Path, results: Sequence[FoldResult], params: TrainingPara
         calibration = calibration_from_out_of_fold(out_of_fold, CLASS_NAMES)
     return write_bundle(out, entries, modalities=params.modalities, architecture=params.network_architecture(),
                         input_size=input_size, preprocessing=preprocessing, seed=params.seed, training=training,
-                        extra_files=extra, overwrite=overwrite, out_of_fold=out_of_fold, calibration=calibration)
+                        extra_files=extra, overwrite=overwrite, out_of_fold=out_of_fold, calibration=calibration,
+                        out_of_distribution=out_of_distribution)
