@@ -202,3 +202,25 @@ def test_a_coverage_outside_0_and_1_is_refused_by_the_cli(tmp_path, capsys):
     error = capsys.readouterr().err
     assert code == 2 and "--coverage: coverage must be between 0 and 1 (e.g. 0.9 for 90 %), got 90.0" in error
     assert "Traceback" not in error and not (tmp_path / "out").exists()
+
+
+def test_calibration_figures_reach_the_cli_and_the_training_module(trained_tiny_bundle, capsys):
+    """ECE and Brier before → after in `ricenet info BUNDLE`; the reliability diagram as a PNG and as a chart."""
+    import types
+
+    import slicer
+
+    from RICENetLib.cli import main
+    from RICENetTrainingLib.slicer_logic import TrainingLogic
+
+    calibration = load_bundle(trained_tiny_bundle).metadata["calibration"]
+    assert main(["info", str(trained_tiny_bundle)]) == 0
+    printed = capsys.readouterr().out
+    assert f"ECE {calibration['ece_before']:.3f} → {calibration['ece_after']:.3f}" in printed
+    assert f"Brier {calibration['brier_before']:.3f} → {calibration['brier_after']:.3f}" in printed
+    assert "applied to every verdict" in printed and "features      features.safetensors" in printed
+    assert (trained_tiny_bundle / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scene = slicer.vtkMRMLScene()
+    chart = TrainingLogic(scene).show_reliability(types.SimpleNamespace(bundle=trained_tiny_bundle))
+    names = [scene.GetNodeByID(chart.GetNthPlotSeriesNodeID(i)).GetName() for i in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert names[1].startswith("raw: ECE ") and names[2].startswith(f"calibrated (T = {calibration['temperature']:.2f})")

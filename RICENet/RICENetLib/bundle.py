@@ -387,10 +387,10 @@ def describe_bundle(bundle: ModelBundle) -> list[str]:
         lines.append(f"fold {fold.index:<8} {fold.weights} sha256 {fold.sha256[:16]}…, epoch {fold.epoch}, "
                      f"validation macro F1 {f1 if f1 is None else round(f1, 3)}, "
                      f"{len(fold.validation_patients)} validation patient(s)")
-    calibration = meta.get("calibration")
-    if calibration:
-        lines.append(f"calibration   temperature {calibration['temperature']:.3f} on {calibration['n_patients']} "
-                     f"out-of-fold patients (ECE {calibration['ece_before']:.3f} → {calibration['ece_after']:.3f})")
+    if meta.get("out_of_fold") is not None:
+        from .calibration import summary_line
+
+        lines.append(summary_line(meta.get("calibration")).replace("calibration: ", "calibration   ", 1))
     ood = meta.get("out_of_distribution")
     lines.append(f"features      {ood['file']} sha256 {ood['sha256'][:16]}…, {ood['feature_dim']} pooled features of "
                  f"{len(ood['patients'])} patients per fold, {len(ood['reference'])} out-of-fold distances"

@@ -440,6 +440,16 @@ def _fold_result(fold: int, best: dict[str, Any], history: list[dict[str, Any]],
                       oof)
 
 
+def reliability_diagram(out_of_fold: Sequence[Mapping[str, Any]], calibration: Mapping[str, Any], path: Path) -> Path:
+    """The reliability diagram of the out-of-fold probabilities, raw and (where applied) calibrated."""
+    from RICENetLib.calibration import reliability_curves
+
+    from .plots import plot_reliability
+
+    curves = reliability_curves(list(out_of_fold), dict(calibration), CLASS_NAMES)
+    return plot_reliability(curves["raw"], curves["calibrated"], dict(calibration), path)
+
+
 def _check_fingerprint(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
     changed = [k for k in current if saved.get(k) != current[k]]
     if changed:
@@ -662,6 +672,7 @@ def export_bundle(out: Path, results: Sequence[FoldResult], params: TrainingPara
 
         out_of_fold = sorted((entry for r in results for entry in r.out_of_fold), key=lambda e: e["patient_id"])
         calibration = calibration_from_out_of_fold(out_of_fold, CLASS_NAMES)
+        extra["reliability.png"] = reliability_diagram(out_of_fold, calibration, work / "reliability.png")
     return write_bundle(out, entries, modalities=params.modalities, architecture=params.network_architecture(),
                         input_size=input_size, preprocessing=preprocessing, seed=params.seed, training=training,
                         extra_files=extra, overwrite=overwrite, out_of_fold=out_of_fold, calibration=calibration,
