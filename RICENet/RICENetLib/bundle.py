@@ -5,7 +5,8 @@ Layout::
     BUNDLE/
       bundle.json            what the weights are and how inputs must be prepared
       fold0.safetensors      one weights file per fold (safetensors: tensors only)
-      ...                    anything else (training log, curves, folds.json) is informative
+      features.safetensors   the training cohort's pooled network features (optional; RICENetLib.ood)
+      ...                    anything else (training log, curves, reliability.png, folds.json) is informative
 
 ``bundle.json`` holds the format version, an id, the modalities in channel
 order, the preprocessing parameters, the input size, the architecture
