@@ -630,8 +630,6 @@ def _load_out_of_distribution(metadata: dict[str, Any], path: Path) -> dict[str,
     Optional (older bundles have none: the gate then says it is not
     available); when recorded, it must be exactly what was recorded.
     """
-    from safetensors.torch import load as load_safetensors
-
     entry = metadata.get("out_of_distribution")
     if entry is None:
         return None
@@ -651,19 +649,9 @@ def _load_out_of_distribution(metadata: dict[str, Any], path: Path) -> dict[str,
                 or not _finite_number(item.get("distance")) or item["distance"] < 0):
             raise BundleError(f"{where}: every reference entry needs a patient of the cohort and a distance ≥ 0.")
     file = path / entry["file"]
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise BundleError(f"Model bundle {path}: the training-cohort features ({entry['file']}) are missing.") from None
-    except OSError as error:
-        raise _unreadable(file, error) from None
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise BundleError(f"{file} does not match the SHA-256 recorded in {BUNDLE_FILE}: the file was changed or "
-                          "damaged after the bundle was written. Refusing to load it.")
-    try:
-        tensors = load_safetensors(data)
-    except Exception as error:  # safetensors raises its own error type for every malformation
-        raise BundleError(f"{file} is not a valid safetensors file ({error}).") from None
+    if not file.is_file():
+        raise BundleError(f"Model bundle {path}: the training-cohort features ({entry['file']}) are missing.")
+    tensors = _sealed_safetensors(file, entry["sha256"])
     n_folds, n_patients, dim = len(folds), len(entry["patients"]), entry["feature_dim"]
     expected = {"features": (n_folds, n_patients, dim), "location": (n_folds, dim), "precision": (n_folds, dim, dim)}
     if {k: tuple(v.shape) for k, v in tensors.items()} != expected or not all(
@@ -718,9 +706,27 @@ def _expected_shapes(architecture: dict[str, Any], where: str) -> dict[str, tupl
     return {name: tuple(t.shape) for name, t in network.state_dict().items()}
 
 
-def _load_fold(path: Path, entry: Any, expected: dict[str, tuple[int, ...]], where: str) -> BundleFold:
+def _sealed_safetensors(file: Path, checksum: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``file`` once its bytes match ``checksum``; never a pickle. Every problem is a BundleError."""
     from safetensors.torch import load as load_safetensors
 
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise _unreadable(file, error) from None
+    if hashlib.sha256(data).hexdigest() != checksum:
+        raise BundleError(f"{file} does not match the SHA-256 recorded in {BUNDLE_FILE}: the file was changed "
+                          "or damaged after the bundle was written. Refusing to load it.")
+    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:4] == b"PK\x03\x04":
+        raise BundleError(f"{file} is a Python pickle / torch.save file, not safetensors. Pickles can run code "
+                          "when loaded, so RICE-NET refuses them; export the weights with safetensors.")
+    try:
+        return load_safetensors(data)
+    except Exception as error:  # safetensors raises its own error type for every malformation
+        raise BundleError(f"{file} is not a valid safetensors file ({error}); the file is corrupt or truncated.") from None
+
+
+def _load_fold(path: Path, entry: Any, expected: dict[str, tuple[int, ...]], where: str) -> BundleFold:
     if not isinstance(entry, dict) or not isinstance(entry.get("index"), int):
         raise BundleError(f"{where}: a fold entry has no integer 'index'.")
     index = entry["index"]
@@ -734,20 +740,7 @@ def _load_fold(path: Path, entry: Any, expected: dict[str, tuple[int, ...]], whe
     file = path / name
     if not file.is_file():
         raise BundleError(f"Model bundle {path}: the weights of fold {index} ({name}) are missing.")
-    try:
-        data = file.read_bytes()
-    except OSError as error:
-        raise _unreadable(file, error) from None
-    if hashlib.sha256(data).hexdigest() != checksum:
-        raise BundleError(f"{file} does not match the SHA-256 recorded in {BUNDLE_FILE}: the file was changed "
-                          "or damaged after the bundle was written. Refusing to load it.")
-    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:4] == b"PK\x03\x04":
-        raise BundleError(f"{file} is a Python pickle / torch.save file, not safetensors. Pickles can run code "
-                          "when loaded, so RICE-NET refuses them; export the weights with safetensors.")
-    try:
-        tensors = load_safetensors(data)
-    except Exception as error:  # safetensors raises its own error type for every malformation
-        raise BundleError(f"{file} is not a valid safetensors file ({error}); the file is corrupt or truncated.") from None
+    tensors = _sealed_safetensors(file, checksum)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:

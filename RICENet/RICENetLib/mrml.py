@@ -775,13 +775,18 @@ def update_training_plot(
         if column_name.startswith("val"):
             plot.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
         wanted.append(plot.GetID())
+    _show_only(chart, wanted)
+    return chart, table
+
+
+def _show_only(chart, wanted: Sequence[str]) -> None:
+    """Make ``chart`` show exactly the plot series nodes ``wanted`` (ids), keeping those it has."""
     for i in reversed(range(chart.GetNumberOfPlotSeriesNodes())):
         if chart.GetNthPlotSeriesNodeID(i) not in wanted:
             chart.RemoveNthPlotSeriesNodeID(i)
     for plot_id in wanted:
         if not chart.HasPlotSeriesNodeID(plot_id):
             chart.AddAndObservePlotSeriesNodeID(plot_id)
-    return chart, table
 
 
 def update_reliability_plot(scene, curves: Mapping[str, Sequence[Mapping[str, Any]]], *, key: str | None = None,
@@ -815,12 +820,7 @@ def update_reliability_plot(scene, curves: Mapping[str, Sequence[Mapping[str, An
             plot.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
         tables.append(table)
         wanted.append(plot.GetID())
-    for i in reversed(range(chart.GetNumberOfPlotSeriesNodes())):
-        if chart.GetNthPlotSeriesNodeID(i) not in wanted:
-            chart.RemoveNthPlotSeriesNodeID(i)
-    for plot_id in wanted:
-        if not chart.HasPlotSeriesNodeID(plot_id):
-            chart.AddAndObservePlotSeriesNodeID(plot_id)
+    _show_only(chart, wanted)
     return chart, tables
 
 
