@@ -22,11 +22,17 @@ from RICENetLib.progress import as_progress
 
 
 def out_of_distribution_reference(results: Sequence[Any], data: Any, params: Any, device: torch.device,
-                                  progress=None, cancel=None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """:func:`RICENetLib.ood.fit_reference` for finished folds (``FoldResult``s) on the loaded cohort ``data``."""
+                                  progress=None, cancel=None) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """:func:`RICENetLib.ood.fit_reference` for finished folds (``FoldResult``s) on the loaded cohort ``data``.
+
+    ``None`` when a fold trained on fewer than two patients (no covariance):
+    the bundle is then written without features and the gate says it is not available.
+    """
     from RICENetLib.model import build_network
     from RICENetLib.ood import cohort_features, fit_reference
 
+    if min(len(r.train_patients) for r in results) < 2:
+        return None
     report = as_progress(progress, cancel)
     channels = data.channels(params.modalities)
     images = [image[channels] for image in data.images]
