@@ -33,6 +33,8 @@ by a hook during the prediction's own forward pass: no second pass), the
 median over folds (robust to one odd fold), then its percentile among the
 reference distances. Mahalanobis distances are in units of each fold's own
 training spread, which is what makes distances of different folds comparable.
+The median over folds is a little less extreme than one fold's distance (the
+reference's kind), so the comparison errs towards ``pass``, not ``fail``.
 
 Gate states (thresholds with their reason):
 

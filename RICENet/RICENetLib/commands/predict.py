@@ -15,7 +15,10 @@ HELP = "classify a case (or a cohort) with a model bundle; optional occlusion he
 DESCRIPTION = (
     "Preprocess the three images with the bundle's own parameters, run every fold model, and write "
     "prediction.json (label, probabilities, votes, agreement, per-fold results), overview.png, report.html "
-    "and with --occlusion the heatmap occlusion.nii.gz in the post-op (reference) space."
+    "and with --occlusion the heatmap occlusion.nii.gz in the post-op (reference) space. Every case is checked "
+    "by quality gates (registration, brain volume, dose grid and maximum, and the distance of the case's network "
+    "features from the training cohort's), printed and recorded under 'quality'; a failed gate makes the verdict "
+    "start 'Not reliable: ...'."
 )
 
 
