@@ -224,6 +224,8 @@ def assess(bundle: Any, case_features: Sequence[np.ndarray] | None) -> Gate:
         return not_available("the case's features were not captured.")
     location, precision = tensors["location"].double().numpy(), tensors["precision"].double().numpy()
     per_fold = [float(mahalanobis(f, location[k], precision[k])[0]) for k, f in enumerate(case_features)]
+    if not np.isfinite(per_fold).all():
+        return not_available("the case's network features are not finite numbers.")
     distance = float(np.median(per_fold))
     percentile = 100.0 * float(np.mean(reference <= distance))
     median = float(np.median(reference))
