@@ -238,6 +238,9 @@ class RICENetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.metricsTable = table
                 self.ui.metricsTableView.setMRMLTableNode(table)
                 self.ui.statusLabel.text = result_message(status.result)
+                reliability = self.logic.engine.show_reliability(status.result)  # None: no calibration to show
+                if reliability is not None:
+                    slicer.modules.plots.logic().ShowChartInLayout(reliability)
         elif state == "cancelled":
             self.ui.statusLabel.text = _("Stopped. Resume continues from the last finished epoch.")
         else:
@@ -350,4 +353,7 @@ class RICENetTrainingTest(ScriptedLoadableModuleTest):
             self.assertIsNotNone(logic.update_plot(force=True))
             table = logic.show_metrics(status.result)
             self.assertEqual(table.GetNumberOfRows(), 2 + 2)
+            self.assertTrue((pathlib.Path(folder) / "bundle" / "reliability.png").is_file())
+            reliability = logic.show_reliability(status.result)
+            self.assertGreaterEqual(reliability.GetNumberOfPlotSeriesNodes(), 2)  # diagonal, raw (6 patients: no T)
         self.delayDisplay("Test passed")

@@ -66,3 +66,29 @@ def dicom_preprocessed(dicom_cohort) -> dict:
     parameters = PreprocessParameters.from_dict(DICOM_PREPROCESSING)
     return {case.patient_id: preprocess_case(case.paths["postop"], case.paths["event"], case.paths["dose"], parameters)
             for case in load_cohort(dicom_cohort)}
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_bundle(tmp_path_factory) -> Path:
+    """A 2-fold ensemble trained for one epoch on 20 in-memory patients (tiny network, 32³; about 15 s).
+
+    Enough patients for the calibration, the 90 % prediction sets and the
+    out-of-distribution reference (20 out-of-fold patients each) to apply.
+    The cohort is noise with a bright cube (``training_data.make_cohort``):
+    to this bundle a synthetic head is another anatomy.
+    """
+    import torch
+
+    from RICENetTrainingLib.training import TrainingParameters, train_ensemble
+    from training_data import loader, make_cohort, tiny_architecture
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # see training_data.one_thread
+    try:
+        cases, arrays = make_cohort(10, 10)
+        params = TrainingParameters(n_folds=2, epochs=1, batch_size=4, architecture=tiny_architecture())
+        result = train_ensemble(cases, tmp_path_factory.mktemp("trained") / "bundle", params, load=loader(arrays),
+                                preprocessing={"input_size": [32, 32, 32], "spacing_mm": 6.0, "skull_strip": "none"})
+    finally:
+        torch.set_num_threads(before)
+    return result.bundle

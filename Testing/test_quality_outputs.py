@@ -41,6 +41,8 @@ def test_predict_records_and_shows_the_gates(tiny_bundle, case_paths, tmp_path, 
     volume = next(g for g in record["gates"] if g["name"] == "brain_volume")
     assert volume["state"] == "fail" and volume["unit"] == "ml" and volume["value"] > quality.BRAIN_ML_FAIL[1]
     assert record["worst"] == "fail"
+    unknown = next(g for g in record["gates"] if g["name"] == "out_of_distribution")  # an untrained bundle has no features
+    assert unknown["state"] == "warn" and unknown["value"] is None and unknown["message"].startswith("Not available")
     # The untrained bundle's own warning first, then the failed gates.
     assert prediction["verdict"].startswith("Model not validated (no cross-validation AUC) — "
                                             "Not reliable: not a brain (brain volume ")

@@ -100,6 +100,8 @@ def test_classify_a_case_end_to_end(scene_with_case, tiny_bundle, small_case, tm
     # Skull stripping "none" on a head with its skull: the "brain" is the whole field of view, and the gates say so.
     report = quality.report_of(prediction)
     assert next(r for r in rows if r["fold"] == "quality: brain_volume")["label"].startswith("fail — ")
+    # An untrained bundle holds no training-cohort features: the panel says the OOD check was not made.
+    assert next(r for r in rows if r["fold"] == "quality: out_of_distribution")["label"].startswith("warn — not measured")
     # The model's own warning comes first, then the failed gates, then the label.
     assert report.gate("brain_volume").state == "fail"
     assert result.verdict.startswith("Model not validated (no cross-validation AUC) — Not reliable: not a brain")

@@ -31,6 +31,9 @@ def test_train_command_writes_a_bundle_the_classifier_can_use(cohort, tmp_path, 
     assert "mean ± sd over 2 fold(s): macro F1" in printed.out and f"bundle: {out}" in printed.out
     # Numbered from 1 as in the progress bar ("fold 1/2"), with the index --fold takes.
     assert "fold 1/2 (--fold 0): validation macro F1" in printed.out and "fold 2/2 (--fold 1)" in printed.out
+    # 6 patients: the temperature and its ECE/Brier are shown, and why it is not applied; the reliability diagram.
+    assert "calibration: temperature " in printed.out and "not applied: fewer than 20 patients" in printed.out
+    assert "ECE " in printed.out and "Brier " in printed.out and f"reliability diagram: {out / 'reliability.png'}" in printed.out
     bundle = load_bundle(out)
     assert bundle.input_size == (32, 32, 32) and bundle.architecture["name"] == "resnet18"
     parameters = PreprocessParameters.from_dict(bundle.preprocessing)  # what `ricenet predict` will do

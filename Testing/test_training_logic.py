@@ -95,6 +95,14 @@ def test_train_stop_resume_and_show_results(small_cohort, tmp_path):
     assert 0.0 <= rows[2]["macro_f1"] <= 1.0
     assert logic.show_metrics(result) is table  # updated, not duplicated
 
+    # The out-of-fold reliability diagram: a PNG in the bundle and a chart (6 patients: the temperature is not applied).
+    assert (out / "reliability.png").is_file()
+    reliability = logic.show_reliability(result)
+    legends = [scene.GetNodeByID(reliability.GetNthPlotSeriesNodeID(i)).GetName()
+               for i in range(reliability.GetNumberOfPlotSeriesNodes())]
+    assert legends[0] == "perfect calibration" and legends[1].startswith("raw: ECE ") and len(legends) == 2
+    assert logic.show_reliability(result) is reliability
+
 
 def test_ablation_button_path(small_cohort, tmp_path):
     from RICENetTrainingLib.ablation import run_ablation

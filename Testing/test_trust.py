@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 
 import numpy as np
@@ -136,27 +137,24 @@ def test_model_validation_of_a_bundle_without_auc():
     assert validation["n_validation_patients"] == 2 and validation["macro_f1"]["mean"] == 0.4
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_trained_bundle_gives_prediction_json_with_validation_calibration_and_set(tmp_path, capsys):
-    """Train a tiny ensemble in memory (20 patients: enough to apply the calibration and a 90 % set), then
+def test_trained_bundle_gives_prediction_json_with_validation_calibration_and_set(trained_tiny_bundle, tmp_path,
+                                                                                   capsys):
+    """A tiny ensemble trained in memory (20 patients: enough to apply the calibration and a 90 % set), then
     `ricenet predict` a synthetic case with it."""
     from RICENetLib.cli import main
     from RICENetLib.synthetic import generate_case, write_case
-    from RICENetTrainingLib.training import TrainingParameters, train_ensemble
 
-    cases, arrays = make_cohort(10, 10)
-    params = TrainingParameters(n_folds=2, epochs=1, batch_size=4, architecture=tiny_architecture())
-    result = train_ensemble(cases, tmp_path / "bundle", params, load=loader(arrays),
-                            preprocessing={"input_size": [32, 32, 32], "spacing_mm": 6.0, "skull_strip": "none"})
-    metadata = load_bundle(result.bundle).metadata
+    cases, _ = make_cohort(10, 10)  # the cohort the fixture trained on
+    bundle = load_bundle(trained_tiny_bundle)
+    metadata = bundle.metadata
     oof = metadata["out_of_fold"]
     assert sorted(e["patient_id"] for e in oof) == sorted(c.patient_id for c in cases)  # each patient once
     for entry in oof:
-        fold = next(f for f in result.folds if f.fold == entry["fold"])
+        fold = next(f for f in bundle.folds if f.index == entry["fold"])
         assert entry["patient_id"] in fold.validation_patients
     assert metadata["calibration"]["n_patients"] == 20
     paths = write_case(generate_case("P1", "rice", seed=2, size=48), tmp_path / "case")
-    code = main(["predict", "--bundle", str(result.bundle), "--postop", str(paths["postop"]), "--event",
+    code = main(["predict", "--bundle", str(trained_tiny_bundle), "--postop", str(paths["postop"]), "--event",
                  str(paths["event"]), "--dose", str(paths["dose"]), "--out", str(tmp_path / "out"), "--device", "cpu"])
     printed = capsys.readouterr().out
     assert code == 0
@@ -166,7 +164,13 @@ def test_trained_bundle_gives_prediction_json_with_validation_calibration_and_se
     assert data["prediction_set"]["available"] is True and set(data["prediction_set"]["classes"]) <= set(CLASSES)
     assert "% set" in data["verdict"] and "calibrated p = " in data["verdict"]
     assert data["verdict"] in printed and "model validation (2 folds, 20 validation patients)" in printed
-    assert "How far to trust this" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "How far to trust this" in page
+    # A synthetic head is another anatomy to a bundle trained on noise and cubes: the OOD gate fails, everywhere.
+    gate = next(g for g in data["quality"]["gates"] if g["name"] == "out_of_distribution")
+    assert gate["state"] == "fail" and gate["value"] == 100.0, gate
+    assert "Not reliable: " in data["verdict"] and "unlike the training cohort" in data["verdict"]
+    assert "[fail] out_of_distribution:" in printed and html.escape(gate["message"].split(":")[0]) in page
 
 
 def test_a_temperature_from_too_few_patients_is_not_applied():
@@ -198,3 +202,25 @@ def test_a_coverage_outside_0_and_1_is_refused_by_the_cli(tmp_path, capsys):
     error = capsys.readouterr().err
     assert code == 2 and "--coverage: coverage must be between 0 and 1 (e.g. 0.9 for 90 %), got 90.0" in error
     assert "Traceback" not in error and not (tmp_path / "out").exists()
+
+
+def test_calibration_figures_reach_the_cli_and_the_training_module(trained_tiny_bundle, capsys):
+    """ECE and Brier before → after in `ricenet info BUNDLE`; the reliability diagram as a PNG and as a chart."""
+    import types
+
+    import slicer
+
+    from RICENetLib.cli import main
+    from RICENetTrainingLib.slicer_logic import TrainingLogic
+
+    calibration = load_bundle(trained_tiny_bundle).metadata["calibration"]
+    assert main(["info", str(trained_tiny_bundle)]) == 0
+    printed = capsys.readouterr().out
+    assert f"ECE {calibration['ece_before']:.3f} → {calibration['ece_after']:.3f}" in printed
+    assert f"Brier {calibration['brier_before']:.3f} → {calibration['brier_after']:.3f}" in printed
+    assert "applied to every verdict" in printed and "features      features.safetensors" in printed
+    assert (trained_tiny_bundle / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scene = slicer.vtkMRMLScene()
+    chart = TrainingLogic(scene).show_reliability(types.SimpleNamespace(bundle=trained_tiny_bundle))
+    names = [scene.GetNodeByID(chart.GetNthPlotSeriesNodeID(i)).GetName() for i in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert names[1].startswith("raw: ECE ") and names[2].startswith(f"calibrated (T = {calibration['temperature']:.2f})")

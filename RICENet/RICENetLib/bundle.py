@@ -5,7 +5,8 @@ Layout::
     BUNDLE/
       bundle.json            what the weights are and how inputs must be prepared
       fold0.safetensors      one weights file per fold (safetensors: tensors only)
-      ...                    anything else (training log, curves, folds.json) is informative
+      features.safetensors   the training cohort's pooled network features (optional; RICENetLib.ood)
+      ...                    anything else (training log, curves, reliability.png, folds.json) is informative
 
 ``bundle.json`` holds the format version, an id, the modalities in channel
 order, the preprocessing parameters, the input size, the architecture
@@ -63,6 +64,8 @@ CHECKSUM_KEY = "bundle_sha256"
 #: ``bundle.json`` is a description, not data: one far larger than this is not a bundle's.
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 SIGN_COMMAND = "ricenet bundle sign"
+#: The training cohort's pooled network features (:mod:`RICENetLib.ood`).
+OOD_FILE = "features.safetensors"
 
 _WEIGHTS_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.safetensors$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -145,6 +148,7 @@ def write_bundle(
     overwrite: bool = False,
     out_of_fold: Sequence[Mapping[str, Any]] | None = None,
     calibration: Mapping[str, Any] | None = None,
+    out_of_distribution: tuple[Mapping[str, torch.Tensor], Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write a bundle atomically: the folder appears complete or not at all.
 
@@ -154,7 +158,10 @@ def write_bundle(
     validation patient's probabilities from the one fold that validated it:
     ``{patient_id, label, p: {class: p}, fold}``) and ``calibration``
     (:func:`RICENetLib.calibration.fit_temperature` on them) are sealed with
-    the rest (:func:`_check_out_of_fold`). The written bundle is loaded
+    the rest (:func:`_check_out_of_fold`). ``out_of_distribution`` (tensors
+    and ``bundle.json`` entry of :func:`RICENetLib.ood.fit_reference`) becomes
+    ``features.safetensors``, whose SHA-256 the sealed entry records
+    (:func:`_load_out_of_distribution`). The written bundle is loaded
     back before it is moved into place, so a bundle that exists is a bundle
     that loads.
     """
@@ -204,6 +211,16 @@ def write_bundle(
             header["out_of_fold"] = [dict(entry) for entry in out_of_fold]
         if calibration is not None:
             header["calibration"] = dict(calibration)
+        if out_of_distribution is not None:
+            tensors, entry = out_of_distribution
+            entry = dict(entry)
+            name = entry.setdefault("file", OOD_FILE)
+            if not _WEIGHTS_NAME.match(name) or name in {f.weights for f in written}:
+                raise BundleError(f"Bundle {path}: the features file name '{name}' is not a plain name of its own.")
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in sorted(tensors.items())}, str(tmp / name),
+                      metadata={"ricenet": json.dumps({"format": BUNDLE_FORMAT, "content": "out_of_distribution"})})
+            entry["sha256"] = _sha256(tmp / name)
+            header["out_of_distribution"] = entry
         for name, source in (extra_files or {}).items():
             if name == BUNDLE_FILE or _WEIGHTS_NAME.match(name) or "/" in name or name.startswith("."):
                 raise BundleError(f"Bundle {path}: extra file name '{name}' is reserved or not a plain name.")
@@ -257,10 +274,13 @@ class ModelBundle:
     networks in eval mode, one per fold, in fold order.
     """
 
-    def __init__(self, path: Path, metadata: dict[str, Any], folds: list[BundleFold]) -> None:
+    def __init__(self, path: Path, metadata: dict[str, Any], folds: list[BundleFold],
+                 ood_tensors: Mapping[str, torch.Tensor] | None = None) -> None:
         self.path = path
         self.metadata = metadata
         self.folds = folds
+        #: ``features``/``location``/``precision`` of :mod:`RICENetLib.ood`; ``None`` for a bundle without them.
+        self.ood_tensors = ood_tensors
 
     @property
     def id(self) -> str:
@@ -322,7 +342,8 @@ def load_bundle(path: str | os.PathLike, *, verify_checksum: bool = True) -> Mod
     _check_out_of_fold(metadata, str(header_path))
     _check_memory(metadata, path)
     folds = [_load_fold(path, entry, expected, str(header_path)) for entry in raw_folds]
-    return ModelBundle(path, metadata, sorted(folds, key=lambda f: f.index))
+    ood = _load_out_of_distribution(metadata, path)
+    return ModelBundle(path, metadata, sorted(folds, key=lambda f: f.index), ood)
 
 
 def sign_bundle(path: str | os.PathLike) -> tuple[ModelBundle, str]:
@@ -367,10 +388,14 @@ def describe_bundle(bundle: ModelBundle) -> list[str]:
         lines.append(f"fold {fold.index:<8} {fold.weights} sha256 {fold.sha256[:16]}…, epoch {fold.epoch}, "
                      f"validation macro F1 {f1 if f1 is None else round(f1, 3)}, "
                      f"{len(fold.validation_patients)} validation patient(s)")
-    calibration = meta.get("calibration")
-    if calibration:
-        lines.append(f"calibration   temperature {calibration['temperature']:.3f} on {calibration['n_patients']} "
-                     f"out-of-fold patients (ECE {calibration['ece_before']:.3f} → {calibration['ece_after']:.3f})")
+    if meta.get("out_of_fold") is not None:
+        from .calibration import summary_line
+
+        lines.append(summary_line(meta.get("calibration")).replace("calibration: ", "calibration   ", 1))
+    ood = meta.get("out_of_distribution")
+    lines.append(f"features      {ood['file']} sha256 {ood['sha256'][:16]}…, {ood['feature_dim']} pooled features of "
+                 f"{len(ood['patients'])} patients per fold, {len(ood['reference'])} out-of-fold distances"
+                 if ood else "features      none (no out-of-distribution check with this bundle)")
     lines.append(f"{CHECKSUM_KEY} {meta.get(CHECKSUM_KEY)}")
     return lines
 
@@ -599,6 +624,43 @@ def _check_out_of_fold(metadata: dict[str, Any], where: str) -> None:
             raise BundleError(f"{where}: calibration '{key}' must be a number in [0, 1] (got {calibration.get(key)!r}).")
 
 
+def _load_out_of_distribution(metadata: dict[str, Any], path: Path) -> dict[str, torch.Tensor] | None:
+    """``features.safetensors`` checked against its sealed SHA-256, and its shapes against ``bundle.json``.
+
+    Optional (older bundles have none: the gate then says it is not
+    available); when recorded, it must be exactly what was recorded.
+    """
+    entry = metadata.get("out_of_distribution")
+    if entry is None:
+        return None
+    where = f"{path / BUNDLE_FILE}: 'out_of_distribution'"
+    folds = metadata["folds"]
+    if (not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not _WEIGHTS_NAME.match(entry["file"])
+            or not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"])
+            or not isinstance(entry.get("patients"), list) or not isinstance(entry.get("reference"), list)
+            or not isinstance(entry.get("folds"), list) or not isinstance(entry.get("feature_dim"), int)):
+        raise BundleError(f"{where} must name its features file, its sha256, the patients, folds, feature_dim "
+                          "and reference distances.")
+    if [f.get("fold") for f in entry["folds"]] != sorted(f["index"] for f in folds):
+        raise BundleError(f"{where} describes folds {[f.get('fold') for f in entry['folds']]}, the bundle has "
+                          f"{sorted(f['index'] for f in folds)}.")
+    for item in entry["reference"]:
+        if (not isinstance(item, dict) or item.get("patient_id") not in entry["patients"]
+                or not _finite_number(item.get("distance")) or item["distance"] < 0):
+            raise BundleError(f"{where}: every reference entry needs a patient of the cohort and a distance ≥ 0.")
+    file = path / entry["file"]
+    if not file.is_file():
+        raise BundleError(f"Model bundle {path}: the training-cohort features ({entry['file']}) are missing.")
+    tensors = _sealed_safetensors(file, entry["sha256"])
+    n_folds, n_patients, dim = len(folds), len(entry["patients"]), entry["feature_dim"]
+    expected = {"features": (n_folds, n_patients, dim), "location": (n_folds, dim), "precision": (n_folds, dim, dim)}
+    if {k: tuple(v.shape) for k, v in tensors.items()} != expected or not all(
+            bool(torch.isfinite(v).all()) for v in tensors.values()):
+        raise BundleError(f"{file} must hold finite tensors {expected} (folds, patients, feature dimension); "
+                          f"it holds {({k: list(v.shape) for k, v in tensors.items()})}.")
+    return tensors
+
+
 def available_memory_bytes() -> int:
     """The most memory one forward pass could have here: physical RAM, or a visible GPU's if larger."""
     try:
@@ -644,9 +706,27 @@ def _expected_shapes(architecture: dict[str, Any], where: str) -> dict[str, tupl
     return {name: tuple(t.shape) for name, t in network.state_dict().items()}
 
 
-def _load_fold(path: Path, entry: Any, expected: dict[str, tuple[int, ...]], where: str) -> BundleFold:
+def _sealed_safetensors(file: Path, checksum: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``file`` once its bytes match ``checksum``; never a pickle. Every problem is a BundleError."""
     from safetensors.torch import load as load_safetensors
 
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise _unreadable(file, error) from None
+    if hashlib.sha256(data).hexdigest() != checksum:
+        raise BundleError(f"{file} does not match the SHA-256 recorded in {BUNDLE_FILE}: the file was changed "
+                          "or damaged after the bundle was written. Refusing to load it.")
+    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:4] == b"PK\x03\x04":
+        raise BundleError(f"{file} is a Python pickle / torch.save file, not safetensors. Pickles can run code "
+                          "when loaded, so RICE-NET refuses them; export the weights with safetensors.")
+    try:
+        return load_safetensors(data)
+    except Exception as error:  # safetensors raises its own error type for every malformation
+        raise BundleError(f"{file} is not a valid safetensors file ({error}); the file is corrupt or truncated.") from None
+
+
+def _load_fold(path: Path, entry: Any, expected: dict[str, tuple[int, ...]], where: str) -> BundleFold:
     if not isinstance(entry, dict) or not isinstance(entry.get("index"), int):
         raise BundleError(f"{where}: a fold entry has no integer 'index'.")
     index = entry["index"]
@@ -660,20 +740,7 @@ def _load_fold(path: Path, entry: Any, expected: dict[str, tuple[int, ...]], whe
     file = path / name
     if not file.is_file():
         raise BundleError(f"Model bundle {path}: the weights of fold {index} ({name}) are missing.")
-    try:
-        data = file.read_bytes()
-    except OSError as error:
-        raise _unreadable(file, error) from None
-    if hashlib.sha256(data).hexdigest() != checksum:
-        raise BundleError(f"{file} does not match the SHA-256 recorded in {BUNDLE_FILE}: the file was changed "
-                          "or damaged after the bundle was written. Refusing to load it.")
-    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:4] == b"PK\x03\x04":
-        raise BundleError(f"{file} is a Python pickle / torch.save file, not safetensors. Pickles can run code "
-                          "when loaded, so RICE-NET refuses them; export the weights with safetensors.")
-    try:
-        tensors = load_safetensors(data)
-    except Exception as error:  # safetensors raises its own error type for every malformation
-        raise BundleError(f"{file} is not a valid safetensors file ({error}); the file is corrupt or truncated.") from None
+    tensors = _sealed_safetensors(file, checksum)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:

@@ -90,19 +90,52 @@ def negative_log_likelihood(probabilities: Any, labels: Sequence[int]) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0))))
 
 
-def expected_calibration_error(probabilities: Any, labels: Sequence[int], bins: int = ECE_BINS) -> float:
-    """ECE over ``bins`` equal-width bins of the top probability (Guo et al. 2017, eq. 3)."""
+def reliability_bins(probabilities: Any, labels: Sequence[int], bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """The non-empty bins of a reliability diagram: ``{low, high, n, confidence, accuracy}`` each.
+
+    Bin k holds top probabilities in (k/bins, (k+1)/bins]; a confidence of
+    exactly 0 goes to the first bin.
+    """
     p, y = _as_arrays(probabilities, labels)
     confidence = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(np.float64)
-    # Bin k holds confidences in (k/bins, (k+1)/bins]; a confidence of exactly 0 goes to the first bin.
     which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
-    total = 0.0
-    for k in range(bins):
-        members = which == k
-        if members.any():
-            total += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(total)
+    return [{"low": k / bins, "high": (k + 1) / bins, "n": int((which == k).sum()),
+             "confidence": float(confidence[which == k].mean()), "accuracy": float(correct[which == k].mean())}
+            for k in range(bins) if (which == k).any()]
+
+
+def expected_calibration_error(probabilities: Any, labels: Sequence[int], bins: int = ECE_BINS) -> float:
+    """ECE over ``bins`` equal-width bins of the top probability (Guo et al. 2017, eq. 3)."""
+    rows = reliability_bins(probabilities, labels, bins)
+    total = sum(row["n"] for row in rows)
+    return float(sum(row["n"] / total * abs(row["accuracy"] - row["confidence"]) for row in rows))
+
+
+def reliability_curves(out_of_fold: Sequence[dict[str, Any]], calibration: dict[str, Any],
+                       class_names: Sequence[str]) -> dict[str, list[dict[str, float]] | None]:
+    """``{"raw": bins, "calibrated": bins or None}`` of a bundle's out-of-fold data (:func:`reliability_bins`).
+
+    ``calibrated`` is ``None`` where the temperature is not applied (fewer
+    than :data:`MIN_CALIBRATION_PATIENTS` patients), as in every verdict.
+    """
+    p, y = out_of_fold_arrays(out_of_fold, class_names)
+    applied = calibration["n_patients"] >= MIN_CALIBRATION_PATIENTS
+    return {"raw": reliability_bins(p, y),
+            "calibrated": reliability_bins(apply_temperature(p, calibration["temperature"]), y) if applied else None}
+
+
+def summary_line(calibration: dict[str, Any] | None) -> str:
+    """One line for ``ricenet train``, ``ricenet info BUNDLE`` and ``ricenet bundle verify``."""
+    if not calibration:
+        return "calibration: none (a bundle without out-of-fold probabilities)"
+    n = calibration["n_patients"]
+    applied = ("applied to every verdict" if n >= MIN_CALIBRATION_PATIENTS
+               else f"not applied: fewer than {MIN_CALIBRATION_PATIENTS} patients")
+    return (f"calibration: temperature {calibration['temperature']:.3f} on {n} out-of-fold patients ({applied}); "
+            f"ECE {calibration['ece_before']:.3f} → {calibration['ece_after']:.3f}, "
+            f"Brier {calibration['brier_before']:.3f} → {calibration['brier_after']:.3f} "
+            "(before → after, on the data it was fitted on)")
 
 
 def brier_score(probabilities: Any, labels: Sequence[int]) -> float:

@@ -231,9 +231,17 @@ def predict_case(
         names = [m for m, ok in zip(bundle.modalities, finite.tolist()) if not ok]
         raise InputError(f"The preprocessed {', '.join(names)} channel holds NaN or infinite values; check that "
                          f"input image ({', '.join(names)}) for missing or extreme voxel values.")
-    probabilities = fold_probabilities(models, image, run_device)
+    from . import ood
+    from .quality import QualityReport, with_gate
+
+    with ood.capture_features(models) as features:  # the pooled features of this very pass: no second one
+        probabilities = fold_probabilities(models, image, run_device)
     combined = combine_folds(probabilities, bundle.class_names, [f.index for f in bundle.folds],
                              source=f"Model bundle {bundle.path}")
+    gate = ood.assess(bundle, [f[0][0].numpy() for f in features] if all(features) else None)
+    record = prepared.info.get("quality")
+    # Replacing the gate of the same name keeps a cached preprocessing result predicted twice with one such gate.
+    prepared.info["quality"] = with_gate(QualityReport.from_dict(record) if record else None, gate).to_dict()
     timings["ensemble"] = time.perf_counter() - tick
     from .bundle import CHECKSUM_KEY
     from .trust import assess

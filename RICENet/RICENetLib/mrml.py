@@ -800,13 +800,53 @@ def update_training_plot(
         if column_name.startswith("val"):
             plot.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
         wanted.append(plot.GetID())
+    _show_only(chart, wanted)
+    return chart, table
+
+
+def _show_only(chart, wanted: Sequence[str]) -> None:
+    """Make ``chart`` show exactly the plot series nodes ``wanted`` (ids), keeping those it has."""
     for i in reversed(range(chart.GetNumberOfPlotSeriesNodes())):
         if chart.GetNthPlotSeriesNodeID(i) not in wanted:
             chart.RemoveNthPlotSeriesNodeID(i)
     for plot_id in wanted:
         if not chart.HasPlotSeriesNodeID(plot_id):
             chart.AddAndObservePlotSeriesNodeID(plot_id)
-    return chart, table
+
+
+def update_reliability_plot(scene, curves: Mapping[str, Sequence[Mapping[str, Any]]], *, key: str | None = None,
+                            name: str = "RICE-NET reliability"):
+    """A plot chart of reliability diagrams: accuracy against mean confidence per bin, one line per curve.
+
+    ``curves`` maps a legend name (e.g. ``"raw: ECE 0.21"``) to
+    :func:`RICENetLib.calibration.reliability_bins` rows; a diagonal marks
+    perfect calibration. Returns ``(chart_node, table_nodes)``.
+    """
+    curves = {"perfect calibration": [{"confidence": 0.0, "accuracy": 0.0}, {"confidence": 1.0, "accuracy": 1.0}],
+              **curves}
+    chart = get_or_create_node(scene, "vtkMRMLPlotChartNode", name, role="reliability-chart", key=key)
+    chart.SetTitle("RICE-NET calibration: out-of-fold reliability")
+    chart.SetXAxisTitle("confidence (top probability)")
+    chart.SetYAxisTitle("accuracy")
+    tables, wanted = [], []
+    for number, (legend, rows) in enumerate(curves.items()):
+        table = update_table_from_rows(scene, [{"confidence": float(r["confidence"]), "accuracy": float(r["accuracy"])}
+                                               for r in rows], role=f"reliability-table:{number}", key=key,
+                                       name=f"{name} {legend}")
+        plot = get_or_create_node(scene, "vtkMRMLPlotSeriesNode", legend, role=f"reliability-series:{number}", key=key)
+        plot.SetName(legend)
+        plot.SetAndObserveTableNodeID(table.GetID())
+        plot.SetXColumnName("confidence")
+        plot.SetYColumnName("accuracy")
+        plot.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        plot.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone if number == 0
+                            else slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        if number == 0:
+            plot.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
+        tables.append(table)
+        wanted.append(plot.GetID())
+    _show_only(chart, wanted)
+    return chart, tables
 
 
 __all__ = [
@@ -815,7 +855,7 @@ __all__ = [
     "heatmap_color_node", "image_to_volume", "ijk_to_ras_from_image", "parent_to_world", "peak_ras",
     "set_foreground_opacity", "set_heatmap_style", "show_in_slice_views", "sitk_transform_from_node",
     "table_rows", "update_heatmap", "update_isodose", "update_registration_transform", "update_results_table",
-    "update_table_from_rows", "update_training_plot", "volume_to_image",
+    "update_table_from_rows", "update_training_plot", "update_reliability_plot", "volume_to_image",
 ]
 
 

@@ -24,6 +24,10 @@ says in one sentence what it found:
     The dose maximum relative to the prescription the bundle normalises by:
     the model sees dose / prescription, so a 40 Gy plan read against 60 Gy, or
     a single fraction, gives it an input unlike any it learnt from.
+``out_of_distribution``
+    Computed at prediction, not here (:mod:`.ood`): the network's pooled
+    features of the case against the training cohort's, as a percentile of the
+    training patients' own out-of-fold distances.
 
 States: ``pass``, ``warn`` (shown, the verdict stands), ``fail`` (the verdict
 is still computed but marked not to be trusted: its line starts with
@@ -50,7 +54,9 @@ from .errors import InputError, PreprocessingError
 
 STATES = ("pass", "warn", "fail")
 #: Every gate a full preprocessing run computes, in display order.
-GATE_NAMES = ("registration_overlap", "registration_metric", "brain_volume", "dose_coverage", "dose_maximum")
+PREPROCESSING_GATES = ("registration_overlap", "registration_metric", "brain_volume", "dose_coverage", "dose_maximum")
+#: Every gate of a prediction: preprocessing's, then the network's own view of the case (:mod:`.ood`).
+GATE_NAMES = PREPROCESSING_GATES + ("out_of_distribution",)
 
 # Thresholds. Measured with `python benchmarks/quality_gates.py` (seeds 1-6, 64-voxel synthetic cases, deepbet,
 # 3 mm grid; 2026-12-02). Normal cases: brain overlap 0.979-0.982, Mattes metric -1.145 to -0.984, brain mask
@@ -78,7 +84,8 @@ DOSE_MAX_FAIL = (0.5, 2.0)
 #: What a reader calls each measure.
 LABELS = {"registration_overlap": "brain overlap", "registration_metric": "Mattes metric",
           "brain_volume": "brain volume", "dose_coverage": "brain inside the dose grid",
-          "dose_maximum": "dose maximum / prescription"}
+          "dose_maximum": "dose maximum / prescription",
+          "out_of_distribution": "distance from the training cohort:"}
 
 
 @dataclass(frozen=True)
@@ -118,11 +125,13 @@ class Gate:
         """``0.93 Dice`` (the number as a reader sees it)."""
         if self.value is None:
             return "not measured"
+        if self.unit == "percentile":
+            return f"{self.value:.0f}th percentile"
         return f"{self.value:.0f} {self.unit}" if abs(self.value) >= 100 else f"{self.value:.2f} {self.unit}"
 
     def label(self) -> str:
         """``brain overlap 0.41`` (what the verdict line names)."""
-        text = self.short() if self.unit == "ml" else self.short().removesuffix(" " + self.unit)
+        text = self.short() if self.unit in ("ml", "percentile") else self.short().removesuffix(" " + self.unit)
         return f"{LABELS.get(self.name, self.name)} {text}"
 
 
@@ -311,6 +320,12 @@ def assess_case(*, reference_mask: sitk.Image, event_mask: Optional[sitk.Image],
     ))
 
 
+def with_gate(report: Optional[QualityReport], gate: Gate) -> QualityReport:
+    """``report`` with ``gate`` replacing its namesake, or added at the end (``None``: a report of that gate alone)."""
+    gates = tuple(g for g in (report.gates if report else ()) if g.name != gate.name)
+    return QualityReport(gates + (gate,))
+
+
 def report_of(prediction: Any) -> Optional[QualityReport]:
     """The quality report a prediction carries (its preprocessing result's, or a ``quality`` key), else ``None``."""
     if isinstance(prediction, Mapping):
@@ -348,4 +363,4 @@ def table_rows(report: Optional[QualityReport]) -> list[tuple[str, str]]:
 
 __all__ = ["Gate", "QualityReport", "STATES", "GATE_NAMES", "assess_case", "brain_overlap", "dose_coverage",
            "event_brain_mask", "registration_overlap_gate", "registration_metric_gate", "brain_volume_gate",
-           "dose_coverage_gate", "dose_maximum_gate", "report_of", "attach", "csv_columns", "table_rows"]
+           "dose_coverage_gate", "dose_maximum_gate", "report_of", "with_gate", "PREPROCESSING_GATES", "attach", "csv_columns", "table_rows"]

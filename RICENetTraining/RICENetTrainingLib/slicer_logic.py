@@ -227,6 +227,31 @@ class TrainingLogic:
         return mrml.update_table_from_rows(self.scene, rows, role="training-metrics", key=self.key,
                                            name="RICE-NET training metrics")
 
+    def show_reliability(self, result: Any):
+        """The bundle's out-of-fold reliability diagram (raw and calibrated) as a plot chart, or ``None``.
+
+        ``None`` for an ablation, a run whose bundle is not written yet, or a
+        bundle without out-of-fold probabilities.
+        """
+        bundle = getattr(result, "bundle", None)
+        if not bundle:
+            return None
+        from RICENetLib.bundle import read_header
+        from RICENetLib.calibration import reliability_curves
+
+        meta = read_header(bundle)
+        calibration = meta.get("calibration")
+        if not meta.get("out_of_fold") or not calibration:
+            return None
+        curves = reliability_curves(meta["out_of_fold"], calibration, meta["class_names"])
+        named = {f"raw: ECE {calibration['ece_before']:.3f}, Brier {calibration['brier_before']:.3f}": curves["raw"]}
+        if curves["calibrated"] is not None:
+            named[f"calibrated (T = {calibration['temperature']:.2f}): ECE {calibration['ece_after']:.3f}, "
+                  f"Brier {calibration['brier_after']:.3f}"] = curves["calibrated"]
+        chart, _ = mrml.update_reliability_plot(self.scene, named, key=self.key,
+                                                name=f"RICE-NET reliability {Path(str(bundle)).name}")
+        return chart
+
 
 def result_message(result: Any) -> str:
     """One line for the status label when training ends."""

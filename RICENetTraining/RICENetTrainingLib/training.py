@@ -440,6 +440,16 @@ def _fold_result(fold: int, best: dict[str, Any], history: list[dict[str, Any]],
                       oof)
 
 
+def reliability_diagram(out_of_fold: Sequence[Mapping[str, Any]], calibration: Mapping[str, Any], path: Path) -> Path:
+    """The reliability diagram of the out-of-fold probabilities, raw and (where applied) calibrated."""
+    from RICENetLib.calibration import reliability_curves
+
+    from .plots import plot_reliability
+
+    curves = reliability_curves(list(out_of_fold), dict(calibration), CLASS_NAMES)
+    return plot_reliability(curves["raw"], curves["calibrated"], dict(calibration), path)
+
+
 def _check_fingerprint(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
     changed = [k for k in current if saved.get(k) != current[k]]
     if changed:
@@ -616,9 +626,13 @@ def train_ensemble(
                     results.append(other)
             results.sort(key=lambda r: r.fold)
             if not missing:
+                from .cohort_features import out_of_distribution_reference
+
+                ood = out_of_distribution_reference(results, data, params, context.device,
+                                                    progress=report.sub(0.95, 0.97))
                 report(0.97, "writing the bundle")
                 bundle = export_bundle(out, results, params, folds, data.shape, preprocessing or {}, work,
-                                       overwrite=True)
+                                       overwrite=True, out_of_distribution=ood)
         context.barrier()
         report(1.0, "done" if bundle else f"folds {', '.join(map(str, missing))} still to train")
         return TrainingResult(bundle, results, missing, work)
@@ -629,8 +643,11 @@ def train_ensemble(
 
 def export_bundle(out: Path, results: Sequence[FoldResult], params: TrainingParameters, folds: Folds,
                   input_size: Sequence[int], preprocessing: Mapping[str, Any], work: Path,
-                  overwrite: bool = False) -> Path:
-    """Write the bundle with the training log, per-fold curves and the folds beside the weights."""
+                  overwrite: bool = False, out_of_distribution: Any = None) -> Path:
+    """Write the bundle with the training log, per-fold curves, the folds and the reliability diagram beside the weights.
+
+    ``out_of_distribution``: the cohort features' reference (:mod:`.cohort_features`), sealed in the bundle.
+    """
     from RICENetLib.bundle import BundleFold, write_bundle
 
     from .folds import save_folds
@@ -655,6 +672,8 @@ def export_bundle(out: Path, results: Sequence[FoldResult], params: TrainingPara
 
         out_of_fold = sorted((entry for r in results for entry in r.out_of_fold), key=lambda e: e["patient_id"])
         calibration = calibration_from_out_of_fold(out_of_fold, CLASS_NAMES)
+        extra["reliability.png"] = reliability_diagram(out_of_fold, calibration, work / "reliability.png")
     return write_bundle(out, entries, modalities=params.modalities, architecture=params.network_architecture(),
                         input_size=input_size, preprocessing=preprocessing, seed=params.seed, training=training,
-                        extra_files=extra, overwrite=overwrite, out_of_fold=out_of_fold, calibration=calibration)
+                        extra_files=extra, overwrite=overwrite, out_of_fold=out_of_fold, calibration=calibration,
+                        out_of_distribution=out_of_distribution)

@@ -17,7 +17,10 @@ DESCRIPTION = (
     "prediction.json (label, probabilities, votes, agreement, per-fold results), registration.tfm (event → post-op), "
     "overview.png, report.html "
     "and with --occlusion the heatmap occlusion.nii.gz in the post-op (reference) space; with --dicom-out "
-    "also DICOM results (Parametric Map, Segmentation, Structured Report) for DICOM inputs."
+    "also DICOM results (Parametric Map, Segmentation, Structured Report) for DICOM inputs. Every case is checked "
+    "by quality gates (registration, brain volume, dose grid and maximum, and the distance of the case's network "
+    "features from the training cohort's), printed and recorded under 'quality'; a failed gate makes the verdict "
+    "start 'Not reliable: ...'."
 )
 
 

@@ -182,6 +182,12 @@ def run(args: argparse.Namespace) -> int:
     if result.folds:
         print(f"mean ± sd over {len(result.folds)} fold(s): macro F1 {format_mean_sd(result.summary['macro_f1'], 3)}")
     if result.bundle:
+        from RICENetLib.bundle import read_header
+        from RICENetLib.calibration import summary_line
+
+        print(summary_line(read_header(result.bundle).get("calibration")))
+        if (result.bundle / "reliability.png").exists():
+            print(f"reliability diagram: {result.bundle / 'reliability.png'}")
         print(f"bundle: {result.bundle}")
     else:
         missing = result.missing_folds
