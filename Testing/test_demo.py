@@ -28,11 +28,14 @@ def test_a_changed_option_redoes_its_stage_and_the_later_ones_and_says_why():
     made = options()
     assert decisions(made, options("--epochs", "20")) == [
         ("cohort", True, "same options as the run that made it"),
-        ("bundle", False, "--epochs changed: 10 → 20"),
+        ("bundle", False, f"--epochs changed: {demo.EPOCHS} → 20"),
         ("prediction", False, "made again because the bundle is new")]
     redo = decisions(made, options("--cases", "12", "--seed", "3"))
     assert [reuse for _, reuse, _ in redo] == [False, False, False]
-    assert redo[0][2] == "--cases changed: 20 → 12; --seed changed: 0 → 3"
+    assert redo[0][2] == f"--cases changed: {demo.TRAINING_CASES} → 12; --seed changed: 0 → 3"
+    for flag, value in (("--classes", "paper"), ("--skull-strip", "deepbet"), ("--new-patients", "3")):
+        assert not decisions(made, options(flag, value))[0][1], flag
+    assert decisions(made, options("--lr", "0.01"))[1][2] == f"--lr changed: {demo.LEARNING_RATE} → 0.01"
     assert decisions(made, options("--input-size", "48"))[1][2] == "--input-size changed: 40 → 48"
     assert decisions(made, options("--occlusion-stride", "2"))[2] == ("prediction", False, "--occlusion-stride changed: 4 → 2")
     assert [r for _, r, _ in decisions(made, made)] == [True, True, True]
@@ -61,11 +64,19 @@ def test_checkpoints_go_and_logs_stay(tmp_path):
     assert demo.remove_checkpoints(tmp_path) == 0
 
 
-def test_held_out_result_and_cross_validation_are_put_plainly():
-    metrics = {"macro_f1": {"mean": 0.61, "sd": 0.12, "n": 5}, "accuracy": {"mean": 0.63, "sd": 0.1, "n": 5}}
-    lines = demo.held_out_summary("rice", "recurrence", metrics, 19)
-    assert lines[0].startswith("1 held-out patient (never seen in training): true rice, predicted recurrence: wrong.")
-    assert lines[1] == "cross-validation over 5 folds of the 19 training patients: macro F1 0.61 ± 0.12, accuracy 0.63"
-    assert "0.5 = guessing" in lines[2]
-    assert demo.held_out_summary("rice", "rice", {}, 19) == [lines[0].replace("predicted recurrence: wrong",
-                                                                               "predicted rice: right")]
+def test_new_patients_and_cross_validation_are_put_plainly():
+    rows = [{"true_label": t, "predicted_label": p} for t, p in
+            [("recurrence", "recurrence")] * 5 + [("recurrence", "rice"), ("rice", "rice"), ("rice", "rice"),
+                                                 ("rice", "recurrence")] + [("rice", "")]]
+    lines = demo.new_patients_summary(rows)
+    assert lines[0] == "9 new patients (never seen in training): 7 right (78 %); recurrence 5 of 6, rice 2 of 3."
+    assert "commoner answer would be right on 6 of 9" in lines[1]
+    assert lines[2].startswith("  1 new patient(s) failed")
+    assert demo.new_patients_summary([{"true_label": "rice", "predicted_label": ""}])[0].startswith("none of the 1")
+    metrics = {"macro_f1": {"mean": 0.61, "sd": 0.12, "n": 5}, "accuracy": {"mean": 0.63, "sd": 0.1, "n": 5},
+               "auc": {"mean": 0.7, "sd": 0.2, "n": 5}}
+    cv = demo.cross_validation_summary(metrics, 19)
+    assert cv[0] == ("cross-validation over 5 folds of the 19 training patients: macro F1 0.61 ± 0.12, "
+                     "accuracy 0.63, AUC 0.70")
+    assert "0.5 = guessing" in cv[1]
+    assert demo.cross_validation_summary({}, 19) == []

@@ -119,7 +119,7 @@ def test_distinct_classes_skull_stripped_and_the_lesion_distance(tmp_path):
     """The demo's easier cohort: typical lesions only, larger recurrences, 60 Gy plans, brain-only MRIs; and the
     distance from a post-op point to the lesion, through the case's true transform."""
     from RICENetLib.synthetic import write_case
-    from RICENetLib.synthetic_truth import lesion_distance_mm, read_truth
+    from RICENetLib.synthetic_truth import hottest_points, lesion_distance_mm, read_truth
 
     volumes = {}
     for label in ("recurrence", "rice"):
@@ -138,9 +138,18 @@ def test_distinct_classes_skull_stripped_and_the_lesion_distance(tmp_path):
 
     write_case(case, tmp_path / "X")
     centre = read_truth(tmp_path / "X")["lesion_centre_postop_mm"]
-    assert lesion_distance_mm(centre, tmp_path / "X") == 0.0
+    assert lesion_distance_mm([centre], tmp_path / "X") == 0.0
     far = np.array(centre) + [0.0, 0.0, 40.0]
-    assert 30.0 < lesion_distance_mm(far.tolist(), tmp_path / "X") <= 40.0
+    assert 30.0 < lesion_distance_mm([far], tmp_path / "X") <= 40.0
+    assert lesion_distance_mm([far, centre], tmp_path / "X") == 0.0  # the nearest of the points counts
+    heat = sitk.Image(case.postop.GetSize(), sitk.sitkFloat32)
+    heat.CopyInformation(case.postop)
+    index = heat.TransformPhysicalPointToIndex(far.tolist())
+    heat[index] = 0.3
+    peak = hottest_points(heat)
+    assert len(peak) == 1 and np.linalg.norm(peak[0] - far) < max(heat.GetSpacing())
+    with pytest.raises(InputError, match="flat"):
+        hottest_points(heat * 0)
     with pytest.raises(InputError, match="not a synthetic case"):
         lesion_distance_mm(centre, tmp_path)
     with pytest.raises(InputError, match="class setting 'easy' is unknown"):

@@ -26,7 +26,8 @@ STAGES = ("cohort", "bundle", "prediction")
 MANIFEST_NAME = "demo.json"
 MANIFEST_FORMAT = 1
 #: Options of a stage that are ``ricenet demo`` flags (the others are fixed by the demo's code).
-FLAGS = ("cases", "seed", "folds", "epochs", "input_size", "spacing", "occlusion_mask", "occlusion_stride")
+FLAGS = ("cases", "new_patients", "classes", "skull_strip", "seed", "folds", "epochs", "lr", "input_size", "spacing",
+         "occlusion_mask", "occlusion_stride")
 
 
 @dataclass(frozen=True)

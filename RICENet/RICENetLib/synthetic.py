@@ -25,7 +25,8 @@ carry weaker hints; optional label noise flips a fraction of labels.
 
 ``classes="distinct"`` is an easier cohort for demonstrations, not the default:
 every lesion follows its class's typical pattern, recurrences are larger
-(radius 11–15 mm, rim 4–6 mm thick) and RICE foci smaller (radius 3–5 mm), and
+(solid nodules of radius 12–16 mm growing from the cavity wall, enhancing
+2.2 × white matter instead of 1.45 ×) and RICE foci smaller (radius 3–5 mm), and
 every plan is 60 Gy, so that a network trained for minutes on a CPU can learn
 the rule from the lesion.
 ``skull_stripped=True`` writes brain-only MRIs (zero outside the brain), as
@@ -80,6 +81,7 @@ TEMPLATE_FILES = {
 }
 ENHANCEMENT = 1.45  # T1c intensity of enhancing tissue, relative to white matter ≈ 1
 TYPICAL_FRACTION = 0.85  # lesions that follow their class's typical pattern
+DISTINCT_RECURRENCE_ENHANCEMENT = 2.2  # classes="distinct": recurrences enhance avidly, RICE foci as usual
 #: ``classes`` settings of :func:`generate_case`: the paper-like default and the easier demonstration cohort.
 CLASS_SETTINGS = ("paper", "distinct")
 
@@ -325,8 +327,9 @@ def generate_case(
     if recurrence and typical:
         variant, zone = "recurrence-wall", brain & (wall > 0) & (wall < 4)
         n_foci, radius_range, thickness = 1, (7.0, 12.0), rng.uniform(2.5, 4.0)
-        if distinct:
-            radius_range, thickness = (11.0, 15.0), rng.uniform(4.0, 6.0)
+        if distinct:  # a solid enhancing nodule, centred a little off the wall so that most of it is brain
+            zone = brain & (wall > 5) & (wall < 9)
+            radius_range, thickness = (12.0, 16.0), rng.uniform(4.0, 6.0) + 20.0
     elif recurrence:
         variant, zone = "recurrence-distant", brain & (wall > 8) & (wall < 25) & (depth > 6)
         n_foci, radius_range, thickness = 1, (6.0, 10.0), rng.uniform(2.5, 4.0)
@@ -367,7 +370,7 @@ def generate_case(
     oedema = brain & ~lesion & ~cavity & (_ball(xyz, first_centre, np.full(3, radius_range[1] + 9.0), np.eye(3)) < 1.0)
     event_anatomy[oedema] *= 0.85
     event_anatomy[lesion] = 0.55
-    event_anatomy[enhancing] = ENHANCEMENT
+    event_anatomy[enhancing] = DISTINCT_RECURRENCE_ENHANCEMENT if distinct and recurrence else ENHANCEMENT
     truth["lesion_centres_anatomy_mm"] = centres
     nearest = int(np.argmin(np.linalg.norm(xyz.reshape(3, -1).T - first_centre, axis=1)))
     truth["lesion_dose_fraction_at_centre"] = float(relative_dose.reshape(-1)[nearest])

@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="nifti (default): postop/event/dose .nii.gz; dicom: each MRI a DICOM MR series (one file "
                         "per slice, its own study) and the dose a multi-frame RTDOSE in the post-op's frame of "
                         "reference, as a hospital sends them (the truth/ folder stays NIfTI)")
+    parser.add_argument("--classes", choices=("paper", "distinct"), default="paper",
+                        help="class rule: paper (default, the README's rule) or distinct (the demo's easier cohort: "
+                             "typical lesions only, larger recurrences, smaller RICE foci, 60 Gy plans)")
+    parser.add_argument("--skull-stripped", action="store_true",
+                        help="write brain-only MRIs (zero outside the brain), to be prepared with --skull-strip none")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="make the patients in N processes (default 1); the files are the same")
 
@@ -45,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         csv_path = write_cohort(args.out, cases=args.cases, seed=args.seed,
                                 spacing_mm=None if args.size else (args.spacing or 1.0), size=args.size,
                                 label_noise=args.label_noise, workers=args.workers, progress=progress,
-                                image_format=args.format)
+                                image_format=args.format, classes=args.classes,
+                                skull_stripped=args.skull_stripped)
     print(json.dumps(summarise_cohort(csv_path), indent=2))
     return 0
