@@ -2,12 +2,12 @@
 
     python benchmarks/calibration.py --bundle BUNDLE --cohort TEST.csv [--coverage 0.9] [--device cpu]
     python benchmarks/calibration.py --bundle BUNDLE --new-patients 40 [--seed 9001] [--size 96 | --spacing 1]
-        [--label-noise P] [--workers N] [--keep DIR]
+        [--label-noise P] [--classes paper|distinct] [--skull-stripped] [--workers N] [--keep DIR]
 
 ``--new-patients N`` synthesises N new patients first (``ricenet synth``'s
 generator, ``--seed`` different from the training cohort's so none is a
-training patient; the same ``--size``/``--spacing`` and ``--label-noise`` as
-the training cohort), in a temporary folder unless ``--keep DIR``.
+training patient; the same ``--size``/``--spacing``, ``--label-noise``, ``--classes`` and
+``--skull-stripped`` as the training cohort), in a temporary folder unless ``--keep DIR``.
 
 Every case of the cohort (patients the bundle never saw: not its training
 cohort, whose out-of-fold data the temperature was fitted on) is classified
@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("--spacing", type=float, default=None, metavar="MM", help="new patients' voxel size (default 1)")
     grid.add_argument("--size", type=int, default=None, metavar="VOX", help="new patients' voxels across instead")
     parser.add_argument("--label-noise", type=float, default=0.0, metavar="P")
+    parser.add_argument("--classes", choices=("paper", "distinct"), default="paper",
+                        help="the new patients' class rule: the training cohort's (the demo's is distinct)")
+    parser.add_argument("--skull-stripped", action="store_true",
+                        help="write the new patients brain-only, as the demo's cohort is")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="processes making the new patients")
     parser.add_argument("--keep", metavar="DIR", help="write the new patients here instead of a temporary folder")
     parser.add_argument("--coverage", type=float, default=DEFAULT_COVERAGE)
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synthesising {args.new_patients} new patients (seed {args.seed}) in {folder}", file=sys.stderr)
         cohort = write_cohort(folder, cases=args.new_patients, seed=args.seed, size=args.size,
                               spacing_mm=None if args.size else (args.spacing or 1.0), label_noise=args.label_noise,
-                              workers=args.workers)
+                              workers=args.workers, classes=args.classes, skull_stripped=args.skull_stripped)
         return evaluate(bundle, cohort, args)
 
 
