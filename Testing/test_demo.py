@@ -37,6 +37,7 @@ def test_a_changed_option_redoes_its_stage_and_the_later_ones_and_says_why():
         assert not decisions(made, options(flag, value))[0][1], flag
     assert decisions(made, options("--lr", "0.01"))[1][2] == f"--lr changed: {demo.LEARNING_RATE} → 0.01"
     assert decisions(made, options("--input-size", "48"))[1][2] == "--input-size changed: 40 → 48"
+    assert decisions(made, options("--widen-factor", "1"))[1][2] == f"--widen-factor changed: {demo.WIDEN_FACTOR} → 1.0"
     assert decisions(made, options("--occlusion-stride", "2"))[2] == ("prediction", False, "--occlusion-stride changed: 4 → 2")
     assert [r for _, r, _ in decisions(made, made)] == [True, True, True]
 

@@ -39,6 +39,18 @@ def loader(arrays: dict):
     return lambda case: arrays[case.patient_id]
 
 
+class ArrayLoader:
+    """:func:`loader` as a class: picklable, for the processes of ``parallel_folds``."""
+
+    def __init__(self, arrays: dict) -> None:
+        self.arrays = arrays
+
+    def __call__(self, case: Case) -> np.ndarray:
+        if case.patient_id not in self.arrays:
+            raise ValueError("no image for this patient")
+        return self.arrays[case.patient_id]
+
+
 @pytest.fixture
 def one_thread():
     """Run on one intra-op thread: at these sizes a second thread gains little on an idle machine and,

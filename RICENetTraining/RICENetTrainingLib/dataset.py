@@ -136,6 +136,33 @@ def default_cache_dir() -> Path:
     return base / "ricenet" / "preprocessed"
 
 
+class PipelineLoader:
+    """``case -> (3, D, H, W)`` through the preprocessing pipeline and its disk cache.
+
+    A class, not a closure, so that it can be sent to the processes of
+    :mod:`.parallel_folds`; the cache is opened where it is used.
+    """
+
+    def __init__(self, parameters: Mapping[str, Any], cache_dir: str | os.PathLike) -> None:
+        self.parameters = dict(parameters)
+        self.cache_dir = str(cache_dir)
+        self._cache = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"parameters": self.parameters, "cache_dir": self.cache_dir, "_cache": None}
+
+    def __call__(self, case: Case) -> np.ndarray:
+        from RICENetLib.preprocess_cache import PreprocessCache
+        from RICENetLib.preprocessing import PreprocessParameters
+
+        if self._cache is None:
+            self._cache = PreprocessCache(self.cache_dir)
+        paths = case.paths
+        result = self._cache.get_or_compute(paths["postop"], paths["event"], paths["dose"],
+                                            PreprocessParameters.from_dict(self.parameters), case_id=case.patient_id)
+        return result.stack(MODALITIES)
+
+
 def pipeline_loader(preprocessing: Mapping[str, Any] | None = None,
                     cache_dir: str | os.PathLike | None = None) -> tuple[CaseLoader, dict[str, Any]]:
     """A case loader running the preprocessing pipeline through its disk cache, and the full parameters.
@@ -144,15 +171,7 @@ def pipeline_loader(preprocessing: Mapping[str, Any] | None = None,
     defaults); the returned dict names them all, which is what a bundle must
     record so that the classifier prepares new cases exactly the same way.
     """
-    from RICENetLib.preprocess_cache import PreprocessCache
     from RICENetLib.preprocessing import PreprocessParameters
 
-    params = PreprocessParameters.from_dict(dict(preprocessing or {}))
-    cache = PreprocessCache(cache_dir if cache_dir is not None else default_cache_dir())
-
-    def load(case: Case) -> np.ndarray:
-        paths = case.paths
-        result = cache.get_or_compute(paths["postop"], paths["event"], paths["dose"], params, case_id=case.patient_id)
-        return result.stack(MODALITIES)
-
-    return load, params.to_dict()
+    params = PreprocessParameters.from_dict(dict(preprocessing or {})).to_dict()
+    return PipelineLoader(params, cache_dir if cache_dir is not None else default_cache_dir()), params

@@ -562,6 +562,7 @@ def train_ensemble(
     cancel=None,
     on_epoch: EpochCallback | None = None,
     context: DistContext | None = None,
+    assemble: bool = True,
 ) -> TrainingResult:
     """Cross-validate on ``cases`` and write the ensemble bundle to ``out`` once every fold is done.
 
@@ -578,7 +579,9 @@ def train_ensemble(
     written by whichever run finds all folds done. Under ``torchrun`` each
     fold is trained data-parallel (:mod:`.ddp`) and only rank 0 writes; a
     caller running several trainings in one process group passes its
-    ``context`` (and then owns the group).
+    ``context`` (and then owns the group). ``assemble=False`` trains the
+    chosen folds only and leaves the bundle to the caller
+    (:mod:`.parallel_folds`, whose processes must not write it twice).
     """
     import shutil
 
@@ -617,7 +620,7 @@ def train_ensemble(
                                       progress=fold_report, on_epoch=on_epoch))
         bundle = None
         missing: list[int] = []
-        if context.is_main:
+        if context.is_main and assemble:
             for k in sorted(set(range(params.n_folds)) - set(chosen)):
                 other = finished_fold(work, data, folds, k, params)
                 if other is None:
@@ -634,7 +637,7 @@ def train_ensemble(
                 bundle = export_bundle(out, results, params, folds, data.shape, preprocessing or {}, work,
                                        overwrite=True, out_of_distribution=ood)
         context.barrier()
-        report(1.0, "done" if bundle else f"folds {', '.join(map(str, missing))} still to train")
+        report(1.0, f"folds {', '.join(map(str, missing))} still to train" if missing else "done")
         return TrainingResult(bundle, results, missing, work)
     finally:
         if owns_group:

@@ -22,7 +22,8 @@ DESCRIPTION = (
     "bundle (bundle.json + one safetensors file per fold, training log, curves). Cases are preprocessed through "
     "the preprocessing cache first. Checkpoints after every epoch go to OUT.work/; --resume continues a stopped "
     "run. --fold k trains one fold (run five jobs in parallel; the last one writes the bundle); under "
-    "'torchrun --nproc_per_node N' each fold is trained data-parallel."
+    "'torchrun --nproc_per_node N' each fold is trained data-parallel; on a CPU, --processes N trains the folds "
+    "in N processes side by side."
 )
 
 
@@ -92,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="BUNDLE", help="model bundle folder to write")
     parser.add_argument("--modalities", type=_modalities, default=("postop", "event", "dose"),
                         help="input channels, comma-separated (default postop,event,dose)")
+    parser.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="CPU only: train the folds in N processes side by side, each on cores/N threads "
+                             "(default 1; 2 on a 2-core CPU trains 1.4x the epochs per minute for small inputs)")
 
 
 def training_parameters(args: argparse.Namespace, modalities: tuple[str, ...]) -> Any:
@@ -161,19 +165,20 @@ def run(args: argparse.Namespace) -> int:
     from RICENetLib.commands.progressbar import progress_bar
     from RICENetLib.metrics import format_mean_sd
 
-    from ..training import train_ensemble
+    from ..parallel_folds import check_processes, train_in_processes
 
     params = training_parameters(args, args.modalities)
     params.validate()
+    check_processes(args.processes, params)
     warn_if_slow_bf16(params)
     cases = load_cohort(args.cohort)
     load, preprocessing = case_loader(args)
     bar = (progress_bar(f"training {'+'.join(params.modalities)}", timed_from=LOADING_SHARE) if is_main_process()
            else contextlib.nullcontext())
     with bar as progress:
-        result = train_ensemble(cases, args.out, params, load=load, preprocessing=preprocessing,
-                                folds_file=folds_file(args), work_dir=args.work_dir, resume=args.resume,
-                                overwrite=args.overwrite, progress=progress)
+        result = train_in_processes(cases, args.out, params, args.processes, load=load, preprocessing=preprocessing,
+                                    folds_file=folds_file(args), work_dir=args.work_dir, resume=args.resume,
+                                    overwrite=args.overwrite, progress=progress)
     if not is_main_process():
         return 0
     for fold in result.folds:
