@@ -143,3 +143,10 @@ def test_report_round_trip_verdict_and_html():
         Gate("x", "maybe", 1.0, "", "", "")
     with pytest.raises(InputError, match="list of gates"):
         QualityReport.from_dict({"worst": "pass"})
+
+
+def test_percentiles_read_as_english_ordinals():
+    from RICENetLib.quality import ordinal
+
+    assert [ordinal(v) for v in (1, 2, 3, 4, 11, 12, 13, 21, 22, 61.6, 100, 111, 0)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "62nd", "100th", "111th", "0th"]

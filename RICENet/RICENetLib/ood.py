@@ -60,7 +60,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from .quality import Gate
+from .quality import Gate, ordinal
 
 GATE = "out_of_distribution"
 FEATURES_FILE = "features.safetensors"
@@ -235,7 +235,7 @@ def assess(bundle: Any, case_features: Sequence[np.ndarray] | None) -> Gate:
     threshold = (f"pass ≤ {WARN_PERCENTILE:g}th percentile of the training patients' out-of-fold distances, "
                  f"fail > {FAIL_Z:g} robust SD above their median")
     found = (f"Mahalanobis distance {distance:.1f} (median of {len(per_fold)} folds), the "
-             f"{percentile:.0f}th percentile of {len(reference)} training patients' out-of-fold distances "
+             f"{ordinal(percentile)} percentile of {len(reference)} training patients' out-of-fold distances "
              f"({z:+.1f} robust SD from their median {median:.1f}).")
     if state == "pass":
         message = f"The case's network features lie within the training cohort: {found}"

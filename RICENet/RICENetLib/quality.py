@@ -88,6 +88,13 @@ LABELS = {"registration_overlap": "brain overlap", "registration_metric": "Matte
           "out_of_distribution": "distance from the training cohort:"}
 
 
+def ordinal(value: float) -> str:
+    """``62nd``, ``11th``, ``1st``: a rounded number as English reads it."""
+    n = int(round(value))
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 @dataclass(frozen=True)
 class Gate:
     """One check: its state, the number it rests on, the threshold and a sentence saying what was found."""
@@ -126,7 +133,7 @@ class Gate:
         if self.value is None:
             return "not measured"
         if self.unit == "percentile":
-            return f"{self.value:.0f}th percentile"
+            return f"{ordinal(self.value)} percentile"
         return f"{self.value:.0f} {self.unit}" if abs(self.value) >= 100 else f"{self.value:.2f} {self.unit}"
 
     def label(self) -> str:
