@@ -27,6 +27,7 @@ MANIFEST_NAME = "demo.json"
 MANIFEST_FORMAT = 1
 #: Options of a stage that are ``ricenet demo`` flags (the others are fixed by the demo's code).
 FLAGS = ("cases", "new_patients", "classes", "skull_strip", "seed", "folds", "epochs", "lr", "input_size", "spacing",
+         "widen_factor",
          "occlusion_mask", "occlusion_stride")
 
 
