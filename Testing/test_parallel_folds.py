@@ -23,7 +23,7 @@ def test_folds_are_dealt_round_robin():
 @pytest.mark.usefixtures("one_thread")
 def test_two_processes_write_the_bundle_one_process_writes(tmp_path):
     cases, arrays = make_cohort(5, 5)
-    params = TrainingParameters(n_folds=2, epochs=2, batch_size=4, architecture=tiny_architecture(), device="cpu")
+    params = TrainingParameters(n_folds=2, epochs=1, batch_size=4, architecture=tiny_architecture(), device="cpu")
     one = train_ensemble(cases, tmp_path / "one", params, load=ArrayLoader(arrays), preprocessing=PREPROCESSING,
                          folds_file=tmp_path / "folds.json")
     seen = []
@@ -34,14 +34,15 @@ def test_two_processes_write_the_bundle_one_process_writes(tmp_path):
     a, b = load_bundle(one.bundle), load_bundle(two.bundle)
     assert [f.validation_patients for f in a.folds] == [f.validation_patients for f in b.folds]
     assert [f.epoch for f in a.folds] == [f.epoch for f in b.folds]
-    # The same seeds, folds and sampling: the weights agree (both runs on one thread here, so to rounding at most).
+    # The same seeds, folds and sampling: the weights agree to rounding (another process's oneDNN kernels may sum in
+    # another order, about 1e-5 here); other initial weights or sample orders would differ by about 0.1.
     for fold_a, fold_b in zip(a.folds, b.folds):
         assert fold_a.state_dict.keys() == fold_b.state_dict.keys()
         for name, tensor in fold_a.state_dict.items():
-            np.testing.assert_allclose(tensor.numpy(), fold_b.state_dict[name].numpy(), atol=1e-5)
+            np.testing.assert_allclose(tensor.numpy(), fold_b.state_dict[name].numpy(), atol=1e-3)
     oof = lambda bundle: sorted((r["patient_id"], r["p"]["rice"]) for r in bundle.metadata["out_of_fold"])  # noqa: E731
     assert [p for p, _ in oof(a)] == [p for p, _ in oof(b)]
-    np.testing.assert_allclose([v for _, v in oof(a)], [v for _, v in oof(b)], atol=1e-4)
+    np.testing.assert_allclose([v for _, v in oof(a)], [v for _, v in oof(b)], atol=1e-3)
     fractions = [f for f, _ in seen]
     assert all(0.0 <= f <= 1.0 for f in fractions)
     assert fractions[-1] == pytest.approx(1.0) and any("fold 2/2" in text for _, text in seen)
