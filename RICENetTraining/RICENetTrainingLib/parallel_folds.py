@@ -74,9 +74,10 @@ def train_in_processes(
 ) -> TrainingResult:
     """:func:`train_ensemble` with the folds dealt over ``processes`` CPU processes of ``threads`` threads each.
 
-    ``threads`` defaults to the cores divided by the processes (at least 1),
-    and then a process left alone at the end (5 folds over 2) takes the
-    freed cores; a ``threads`` given stays fixed.
+    ``threads`` defaults to the cores divided by the processes (at least 1).
+    It stays fixed: a process left alone at the end (5 folds over 2) keeps
+    its share, so that a run's rounding, and its figures, do not depend on
+    which process ended first.
     The output folder is checked, and the folds are made, before any process
     starts; a failing or cancelled process stops the others, and what each
     fold saved stays resumable.
@@ -99,20 +100,17 @@ def train_in_processes(
     folds_path = Path(folds_file) if folds_file else work / "folds.json"
     folds_for_cohort(cases, folds_path, params.n_folds, params.seed)  # made once here, read by every process
     groups = fold_groups(params.fold_indices(), processes)
-    # Chosen here, a process left alone grows into the freed cores; fixed by the caller, it stays fixed.
-    cores = threads * len(groups) if threads else (os.cpu_count() or 1)
-    threads = threads or max(1, cores // len(groups))
+    threads = threads or max(1, (os.cpu_count() or 1) // len(groups))
 
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
-    running = context.Value("i", len(groups))  # a process left alone takes the cores the others gave back
     workers = []
     for number, group in enumerate(groups):
         job = dict(cases=list(cases), out=str(out), params=replace(params, folds=tuple(group)), load=load,
                    preprocessing=dict(preprocessing or {}), folds_file=str(folds_path), work_dir=str(work),
-                   resume=resume, overwrite=overwrite, threads=threads, cores=cores,
+                   resume=resume, overwrite=overwrite, threads=threads,
                    start=number * len(cases) // len(groups))
-        worker = context.Process(target=_train_group, args=(number, job, messages, running), daemon=True)
+        worker = context.Process(target=_train_group, args=(number, job, messages), daemon=True)
         worker.start()
         workers.append(worker)
     _follow(workers, messages, groups, report.sub(0.0, 0.95))
@@ -162,7 +160,7 @@ def _follow(workers: list, messages: Any, groups: list[list[int]], report) -> No
             worker.join()
 
 
-def _train_group(number: int, job: dict[str, Any], messages: Any, running: Any) -> None:
+def _train_group(number: int, job: dict[str, Any], messages: Any) -> None:
     """One process: its share of the cases into the cache (starting at its own offset), then its folds."""
     import torch
 
@@ -170,9 +168,6 @@ def _train_group(number: int, job: dict[str, Any], messages: Any, running: Any) 
 
     def say(fraction: float, text: str) -> None:
         messages.put((number, "progress", (float(fraction), text)))
-        threads = max(job["threads"], job["cores"] // max(running.value, 1))
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
 
     try:
         cases, load, start = job["cases"], job["load"], job["start"]
@@ -187,6 +182,4 @@ def _train_group(number: int, job: dict[str, Any], messages: Any, running: Any) 
         messages.put((number, "done", None))
     except BaseException as error:  # noqa: BLE001 - every failure is reported to the parent, which raises it
         messages.put((number, "error", (type(error).__name__, str(error))))
-    finally:
-        with running.get_lock():
-            running.value -= 1
+
