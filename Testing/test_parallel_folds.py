@@ -23,14 +23,15 @@ def test_folds_are_dealt_round_robin():
 @pytest.mark.usefixtures("one_thread")
 def test_two_processes_write_the_bundle_one_process_writes(tmp_path):
     cases, arrays = make_cohort(5, 5)
-    params = TrainingParameters(n_folds=2, epochs=1, batch_size=4, architecture=tiny_architecture(), device="cpu")
+    # 3 folds over 2 processes: folds 1 and 2 side by side, fold 3 afterwards in this process.
+    params = TrainingParameters(n_folds=3, epochs=1, batch_size=4, architecture=tiny_architecture(), device="cpu")
     one = train_ensemble(cases, tmp_path / "one", params, load=ArrayLoader(arrays), preprocessing=PREPROCESSING,
                          folds_file=tmp_path / "folds.json")
     seen = []
     two = train_in_processes(cases, tmp_path / "two", params, 2, load=ArrayLoader(arrays), preprocessing=PREPROCESSING,
                              folds_file=tmp_path / "folds.json", threads=1,
                              progress=lambda fraction, text: seen.append((fraction, text)))
-    assert two.bundle == tmp_path / "two" and [f.fold for f in two.folds] == [0, 1] and not two.missing_folds
+    assert two.bundle == tmp_path / "two" and [f.fold for f in two.folds] == [0, 1, 2] and not two.missing_folds
     a, b = load_bundle(one.bundle), load_bundle(two.bundle)
     assert [f.validation_patients for f in a.folds] == [f.validation_patients for f in b.folds]
     assert [f.epoch for f in a.folds] == [f.epoch for f in b.folds]
@@ -45,7 +46,8 @@ def test_two_processes_write_the_bundle_one_process_writes(tmp_path):
     np.testing.assert_allclose([v for _, v in oof(a)], [v for _, v in oof(b)], atol=1e-3)
     fractions = [f for f, _ in seen]
     assert all(0.0 <= f <= 1.0 for f in fractions)
-    assert fractions[-1] == pytest.approx(1.0) and any("fold 2/2" in text for _, text in seen)
+    assert fractions[-1] == pytest.approx(1.0) and any("fold 2/3" in text for _, text in seen)
+    assert any("fold 3/3" in text for _, text in seen)
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -69,3 +71,14 @@ def test_processes_are_refused_where_they_cannot_help(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE")
     check_processes(2, params)
     check_processes(1, TrainingParameters(device="cpu"))
+
+
+def test_an_earlier_run_is_refused_before_any_process_starts(tmp_path):
+    cases, arrays = make_cohort(5, 5)
+    params = TrainingParameters(n_folds=2, epochs=1, batch_size=4, architecture=tiny_architecture(), device="cpu")
+    stale = tmp_path / "bundle.work" / "fold1" / "checkpoint.safetensors"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier run")
+    with pytest.raises(InputError, match="holds an earlier run of fold 1"):
+        train_in_processes(cases, tmp_path / "bundle", params, 2, load=ArrayLoader(arrays), preprocessing=PREPROCESSING)
+    assert stale.read_bytes() == b"an earlier run" and not (tmp_path / "bundle").exists()

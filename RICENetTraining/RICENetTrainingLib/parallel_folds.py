@@ -30,7 +30,8 @@ from RICENetLib.errors import Cancelled, InputError
 from RICENetLib.progress import as_progress
 
 from .dataset import CaseLoader, load_cases
-from .training import TrainingParameters, TrainingResult, default_work_dir, resolve_device, train_ensemble
+from .training import (CHECKPOINT_NAME, TrainingParameters, TrainingResult, default_work_dir, fold_dir, resolve_device,
+                       train_ensemble)
 
 #: The share of the progress bar the workers' preprocessing takes (as in ``train_ensemble``).
 LOADING_SHARE = 0.05
@@ -75,9 +76,8 @@ def train_in_processes(
     """:func:`train_ensemble` with the folds dealt over ``processes`` CPU processes of ``threads`` threads each.
 
     ``threads`` defaults to the cores divided by the processes (at least 1).
-    It stays fixed: a process left alone at the end (5 folds over 2) keeps
-    its share, so that a run's rounding, and its figures, do not depend on
-    which process ended first.
+    Folds that do not fill a round (the fifth of 5 over 2) are trained
+    afterwards in this process on all its threads.
     The output folder is checked, and the folds are made, before any process
     starts; a failing or cancelled process stops the others, and what each
     fold saved stays resumable.
@@ -99,8 +99,20 @@ def train_in_processes(
         raise InputError(f"Output {out} already exists; choose another, resume its training, or overwrite it.")
     folds_path = Path(folds_file) if folds_file else work / "folds.json"
     folds_for_cohort(cases, folds_path, params.n_folds, params.seed)  # made once here, read by every process
-    groups = fold_groups(params.fold_indices(), processes)
-    threads = threads or max(1, (os.cpu_count() or 1) // len(groups))
+    chosen = params.fold_indices()
+    processes = min(processes, len(chosen))
+    if not (resume or overwrite):  # refused now, not after the other processes have trained for minutes
+        for k in chosen:
+            if (fold_dir(work, k) / CHECKPOINT_NAME).exists():
+                raise InputError(f"{fold_dir(work, k) / CHECKPOINT_NAME} holds an earlier run of fold {k}; resume "
+                                 "it, or choose another output or overwrite it.")
+    # Whole rounds side by side; the folds left over (5 over 2: the fifth) train afterwards in this process, on every
+    # core, so that each fold's thread count, and with it its rounding, is the same in every run.
+    side_by_side = chosen[:len(chosen) - len(chosen) % processes]
+    left_over = chosen[len(side_by_side):]
+    groups = fold_groups(side_by_side, processes)
+    threads = threads or max(1, (os.cpu_count() or 1) // processes)
+    share = 0.95 * len(side_by_side) / len(chosen)
 
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
@@ -113,12 +125,13 @@ def train_in_processes(
         worker = context.Process(target=_train_group, args=(number, job, messages), daemon=True)
         worker.start()
         workers.append(worker)
-    _follow(workers, messages, groups, report.sub(0.0, 0.95))
+    _follow(workers, messages, groups, report.sub(0.0, share))
 
-    # Every fold is finished: pick them up from their checkpoints and write the bundle, as the last --fold job does.
-    first = replace(params, folds=(groups[0][0],))
-    return train_ensemble(cases, out, first, load=load, preprocessing=preprocessing, folds_file=folds_path,
-                          work_dir=work, resume=True, progress=report.sub(0.95, 1.0))
+    # The left-over folds here, then the bundle from every fold's checkpoint, as the last --fold job writes it.
+    last = replace(params, folds=tuple(left_over or chosen[:1]))
+    return train_ensemble(cases, out, last, load=load, preprocessing=preprocessing, folds_file=folds_path,
+                          work_dir=work, resume=resume or not left_over, overwrite=overwrite and bool(left_over),
+                          progress=report.sub(share, 1.0))
 
 
 def _follow(workers: list, messages: Any, groups: list[list[int]], report) -> None:
