@@ -75,9 +75,11 @@ def train_in_processes(
 ) -> TrainingResult:
     """:func:`train_ensemble` with the folds dealt over ``processes`` CPU processes of ``threads`` threads each.
 
-    ``threads`` defaults to the cores divided by the processes (at least 1).
-    Folds that do not fill a round (the fifth of 5 over 2) are trained
-    afterwards in this process on all its threads.
+    ``threads`` defaults to the cores divided by the processes (at least 1)
+    and stays fixed, so that a run's rounding does not depend on which
+    process ends first. More processes than cores is allowed and can pay:
+    5 folds over 2 processes leave one core idle for the fifth fold, over 3
+    one-thread processes (on 2 cores) they do not.
     The output folder is checked, and the folds are made, before any process
     starts; a failing or cancelled process stops the others, and what each
     fold saved stays resumable.
@@ -106,13 +108,8 @@ def train_in_processes(
             if (fold_dir(work, k) / CHECKPOINT_NAME).exists():
                 raise InputError(f"{fold_dir(work, k) / CHECKPOINT_NAME} holds an earlier run of fold {k}; resume "
                                  "it, or choose another output or overwrite it.")
-    # Whole rounds side by side; the folds left over (5 over 2: the fifth) train afterwards in this process, on every
-    # core, so that each fold's thread count, and with it its rounding, is the same in every run.
-    side_by_side = chosen[:len(chosen) - len(chosen) % processes]
-    left_over = chosen[len(side_by_side):]
-    groups = fold_groups(side_by_side, processes)
+    groups = fold_groups(chosen, processes)
     threads = threads or max(1, (os.cpu_count() or 1) // processes)
-    share = 0.95 * len(side_by_side) / len(chosen)
 
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
@@ -125,13 +122,12 @@ def train_in_processes(
         worker = context.Process(target=_train_group, args=(number, job, messages), daemon=True)
         worker.start()
         workers.append(worker)
-    _follow(workers, messages, groups, report.sub(0.0, share))
+    _follow(workers, messages, groups, report.sub(0.0, 0.95))
 
-    # The left-over folds here, then the bundle from every fold's checkpoint, as the last --fold job writes it.
-    last = replace(params, folds=tuple(left_over or chosen[:1]))
-    return train_ensemble(cases, out, last, load=load, preprocessing=preprocessing, folds_file=folds_path,
-                          work_dir=work, resume=resume or not left_over, overwrite=overwrite and bool(left_over),
-                          progress=report.sub(share, 1.0))
+    # Every fold is finished: pick them up from their checkpoints and write the bundle, as the last --fold job does.
+    first = replace(params, folds=(chosen[0],))
+    return train_ensemble(cases, out, first, load=load, preprocessing=preprocessing, folds_file=folds_path,
+                          work_dir=work, resume=True, progress=report.sub(0.95, 1.0))
 
 
 def _follow(workers: list, messages: Any, groups: list[list[int]], report) -> None:
