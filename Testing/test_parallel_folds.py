@@ -23,7 +23,7 @@ def test_folds_are_dealt_round_robin():
 @pytest.mark.usefixtures("one_thread")
 def test_two_processes_write_the_bundle_one_process_writes(tmp_path):
     cases, arrays = make_cohort(5, 5)
-    # 3 folds over 2 processes: folds 1 and 2 side by side, fold 3 afterwards in this process.
+    # 3 folds over 2 processes: one process trains folds 1 and 3, the other fold 2.
     params = TrainingParameters(n_folds=3, epochs=1, batch_size=4, architecture=tiny_architecture(), device="cpu")
     one = train_ensemble(cases, tmp_path / "one", params, load=ArrayLoader(arrays), preprocessing=PREPROCESSING,
                          folds_file=tmp_path / "folds.json")

@@ -92,3 +92,10 @@ def test_bf16_on_a_cpu_without_native_support_is_warned_about(tmp_path, caplog, 
                      "--bf16", *QUICK]) == 2
         assert ("--bf16: bfloat16 on the CPU: this CPU has no native bfloat16 arithmetic" in caplog.text) is warned
         assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_commands_loading_share_is_the_engines():
+    from RICENetTrainingLib import training
+    from RICENetTrainingLib.commands import train
+
+    assert train.LOADING_SHARE == training.LOADING_SHARE

@@ -29,7 +29,7 @@ from RICENetLib.progress import as_progress
 
 from .dataset import CaseLoader, CaseTensors, load_cases, pipeline_loader
 from .folds import Folds, check_cohort, folds_for_cohort
-from .training import TrainingParameters, TrainingResult, resolve_device, train_ensemble
+from .training import LOADING_SHARE, TrainingParameters, TrainingResult, resolve_device, train_ensemble
 
 #: The paper's rows, in its order.
 COMBINATIONS: tuple[tuple[str, ...], ...] = (
@@ -125,7 +125,7 @@ def run_ablation(
         if data is None:
             if load is None:
                 load, preprocessing = pipeline_loader(preprocessing)
-            data = load_cases(cases, load, progress=report.sub(0.0, 0.05))
+            data = load_cases(cases, load, progress=report.sub(0.0, LOADING_SHARE))
         rows = []
         for number, (combo, variant) in enumerate(zip(combos, variants)):
             name = "+".join(combo)

@@ -144,22 +144,23 @@ class PipelineLoader:
     """
 
     def __init__(self, parameters: Mapping[str, Any], cache_dir: str | os.PathLike) -> None:
-        self.parameters = dict(parameters)
+        from RICENetLib.preprocessing import PreprocessParameters
+
+        self.parameters = PreprocessParameters.from_dict(dict(parameters))
         self.cache_dir = str(cache_dir)
         self._cache = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"parameters": self.parameters, "cache_dir": self.cache_dir, "_cache": None}
+        return {**self.__dict__, "_cache": None}
 
     def __call__(self, case: Case) -> np.ndarray:
         from RICENetLib.preprocess_cache import PreprocessCache
-        from RICENetLib.preprocessing import PreprocessParameters
 
         if self._cache is None:
             self._cache = PreprocessCache(self.cache_dir)
         paths = case.paths
-        result = self._cache.get_or_compute(paths["postop"], paths["event"], paths["dose"],
-                                            PreprocessParameters.from_dict(self.parameters), case_id=case.patient_id)
+        result = self._cache.get_or_compute(paths["postop"], paths["event"], paths["dose"], self.parameters,
+                                            case_id=case.patient_id)
         return result.stack(MODALITIES)
 
 
@@ -171,7 +172,5 @@ def pipeline_loader(preprocessing: Mapping[str, Any] | None = None,
     defaults); the returned dict names them all, which is what a bundle must
     record so that the classifier prepares new cases exactly the same way.
     """
-    from RICENetLib.preprocessing import PreprocessParameters
-
-    params = PreprocessParameters.from_dict(dict(preprocessing or {})).to_dict()
-    return PipelineLoader(params, cache_dir if cache_dir is not None else default_cache_dir()), params
+    loader = PipelineLoader(preprocessing or {}, cache_dir if cache_dir is not None else default_cache_dir())
+    return loader, loader.parameters.to_dict()

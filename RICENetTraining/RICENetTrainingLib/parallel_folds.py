@@ -30,11 +30,8 @@ from RICENetLib.errors import Cancelled, InputError
 from RICENetLib.progress import as_progress
 
 from .dataset import CaseLoader, load_cases
-from .training import (CHECKPOINT_NAME, TrainingParameters, TrainingResult, default_work_dir, fold_dir, resolve_device,
-                       train_ensemble)
-
-#: The share of the progress bar the workers' preprocessing takes (as in ``train_ensemble``).
-LOADING_SHARE = 0.05
+from .training import (CHECKPOINT_NAME, LOADING_SHARE, TrainingParameters, TrainingResult, check_output_folder,
+                       default_work_dir, fold_dir, resolve_device, train_ensemble)
 
 
 def fold_groups(folds: Sequence[int], processes: int) -> list[list[int]]:
@@ -97,8 +94,7 @@ def train_in_processes(
     check_cohort(cases, params.n_folds)
     out = Path(out)
     work = Path(work_dir) if work_dir is not None else default_work_dir(out)
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise InputError(f"Output {out} already exists; choose another, resume its training, or overwrite it.")
+    check_output_folder(out, resume, overwrite)
     folds_path = Path(folds_file) if folds_file else work / "folds.json"
     folds_for_cohort(cases, folds_path, params.n_folds, params.seed)  # made once here, read by every process
     chosen = params.fold_indices()

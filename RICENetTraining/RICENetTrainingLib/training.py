@@ -66,6 +66,8 @@ from .folds import Folds, check_cohort, folds_for_cohort
 EpochCallback = Callable[[int, int, dict[str, Any]], None]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+#: The share of the progress that loading (preprocessing) the cohort takes before the training.
+LOADING_SHARE = 0.05
 LOG_COLUMNS = ("fold", "epoch", "learning_rate", "train_loss", "train_macro_f1", "val_loss", "val_macro_f1", "val_accuracy",
                "val_balanced_accuracy", "val_auc", "seconds", "kept")
 
@@ -545,6 +547,12 @@ def default_work_dir(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".work")
 
 
+def check_output_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """A non-empty output is refused unless the training is resumed or the output overwritten."""
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise InputError(f"Output {out} already exists; choose another, resume its training, or overwrite it.")
+
+
 def train_ensemble(
     cases: Sequence[Case],
     out: str | os.PathLike,
@@ -592,8 +600,7 @@ def train_ensemble(
     check_cohort(cases, params.n_folds)
     out = Path(out)
     work = Path(work_dir) if work_dir is not None else default_work_dir(out)
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise InputError(f"Output {out} already exists; choose another, resume its training, or overwrite it.")
+    check_output_folder(out, resume, overwrite)
     owns_group = context is None
     if context is None:
         context = init_from_environment(resolve_device(params.device))
@@ -609,7 +616,7 @@ def train_ensemble(
         if data is None:
             if load is None:
                 load, preprocessing = pipeline_loader(preprocessing)
-            data = load_cases(cases, load, progress=report.sub(0.0, 0.05))
+            data = load_cases(cases, load, progress=report.sub(0.0, LOADING_SHARE))
         context.barrier()
         chosen = params.fold_indices()
         results = []

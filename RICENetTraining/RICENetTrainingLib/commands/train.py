@@ -146,8 +146,9 @@ def warn_if_slow_bf16(params: Any) -> None:
         logging.getLogger("ricenet").warning("--bf16: %s", message)
 
 
-#: The share of the progress bar that loading (preprocessing) the cohort takes in train_ensemble and run_ablation
-#: (``report.sub(0.0, 0.05)``): the time left is estimated from the training after it.
+#: ``training.LOADING_SHARE``, the share of the progress bar that loading (preprocessing) the cohort takes: the time
+#: left is estimated from the training after it. Written out, not imported, so that --help does not import torch
+#: (Testing/test_training_cli.py checks that the two agree).
 LOADING_SHARE = 0.05
 
 
