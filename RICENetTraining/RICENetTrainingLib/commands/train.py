@@ -96,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, default=1, metavar="N",
                         help="CPU only: train the folds in N processes side by side, each on cores/N threads "
                              "(at least 1; default 1). For small inputs on a 2-core CPU, 3 trains 5 folds in about "
-                             "0.6 of the time one process takes")
+                             "0.7 of the time one process takes")
 
 
 def training_parameters(args: argparse.Namespace, modalities: tuple[str, ...]) -> Any:
